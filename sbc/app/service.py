@@ -52,8 +52,9 @@ def start(config: Config, reactor: Any) -> tuple[StatelessCore, list[IListeningP
         for interface in (config.interfaces.external, config.interfaces.internal):
             for listener in interface.listeners():
                 if listener.transport == "udp":
-                    port = reactor.listenUDP(listener.port, SipDatagramProtocol(core, interface.name),
-                                             interface=listener.address, maxPacketSize=65535)
+                    port = reactor.listenUDP(
+                        listener.port, SipDatagramProtocol(core, interface.name),
+                        interface=listener.address, maxPacketSize=65535)
                 elif listener.transport == "tcp":
                     port = reactor.listenTCP(listener.port, SipStreamFactory(
                         core, interface.name, config.limits.max_buffered_bytes),

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 from sbc.errors import SipParseError
-from sbc.sip.grammar import CALL_ID_RE, CTL_RE, QUOTED_STRING_RE, TOKEN_RE, split_commas
+from sbc.sip.grammar import CALL_ID_RE, CTL_RE, QUOTED_STRING_RE, TOKEN_RE
 from sbc.sip.headers import (
     STAR,
     CSeq,
@@ -41,7 +41,6 @@ from sbc.sip.headers import (
     parse_token_list,
     parse_uint,
     parse_via,
-    parse_via_value,
 )
 from sbc.sip.uri import SipUri, Uri, parse_uri
 
@@ -556,8 +555,8 @@ def _salvage(start_line: str, headers: Headers) -> Salvage:
 _LENIENT_VIA_RE = re.compile(
     r"\s*SIP\s*/\s*[0-9.]+\s*/\s*([A-Za-z]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?:\s*:\s*([0-9]{1,5}))?"
 )
-_LENIENT_PARAM_RE = re.compile(r"\s*;\s*(branch|rport|received)(?:\s*=\s*([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?",
-                               re.IGNORECASE)
+_LENIENT_PARAM_RE = re.compile(
+    r"\s*;\s*(branch|rport|received)(?:\s*=\s*([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?", re.IGNORECASE)
 
 
 def _lenient_via(text: str) -> str | None:

@@ -24,7 +24,8 @@ _PASSWORD_RE = re.compile(rf"(?:[{_UNRESERVED}&=+$,]|{_ESC})*\Z")
 _PARAM_PART_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESC})+\Z")
 _HNAME_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESC})+\Z")
 _HVALUE_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESC})*\Z")
-_HOSTNAME_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?\Z")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?\Z")
 _IPV4_LIKE_RE = re.compile(r"[0-9.]+\Z")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|0?[1-9]?[0-9]|00[0-9])"
 IPV4_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}\Z")
@@ -214,6 +215,8 @@ def _parse_uri_params(text: str, what: str) -> Params:
 def parse_sip_uri(text: str, what: str = "URI") -> SipUri:
     scheme, _, rest = text.partition(":")
     headers: list[tuple[str, str]] = []
+    user: str | None = None
+    password: str | None = None
     if "@" in rest:
         userinfo, _, rest = rest.partition("@")
         if "@" in rest:
@@ -224,8 +227,6 @@ def parse_sip_uri(text: str, what: str = "URI") -> SipUri:
             raise SipParseError(f"invalid user part in {what}")
         if password is not None and not _PASSWORD_RE.match(password):
             raise SipParseError(f"invalid password in {what}")
-    else:
-        user = password = None
     rest, qmark, header_text = rest.partition("?")
     if qmark:
         for piece in header_text.split("&"):
