@@ -33,7 +33,7 @@ REQUIRE_TOOLS = os.environ.get("SBC_REQUIRE_TOOLS") == "1"
 
 
 def require_tool(name: str) -> str:
-    """Return the path of executable ``name``; skip (or fail under SBC_REQUIRE_TOOLS=1) if absent."""
+    """The path of executable ``name``; skip, or fail under SBC_REQUIRE_TOOLS=1, if absent."""
     path = shutil.which(name)
     if path is None:
         reason = f"{name} is not installed (run `make deps`)"

@@ -23,7 +23,8 @@ def run_sipp(sbc: SbcProcess, scenario: str, transport: str, calls: int = 5) -> 
     cmd = [sipp, f"127.0.0.1:{sbc.sip_port}", "-sf", str(SCENARIOS / scenario), "-t", transport,
            "-m", str(calls), "-r", "20", "-i", "127.0.0.1", "-p", "0", "-nostdin",
            "-timeout", "20", "-timeout_error", "-max_recv_loops", "100"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     return result.stdout
 
@@ -76,9 +77,9 @@ def test_undeserving_datagrams_are_dropped_and_the_sbc_keeps_serving(sbc_process
     """Malformed responses and garbage get no answer; the next valid request still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
-        for junk in ((TORTURE / "bigcode.dat").read_bytes(), (TORTURE / "scalarlg.dat").read_bytes(),
-                     (TORTURE / "bcast.dat").read_bytes(), b"\x00" * 100, b"\xff" * 2000,
-                     (TORTURE / "test.dat").read_bytes()):
+        junks = [(TORTURE / name).read_bytes()
+                 for name in ("bigcode.dat", "scalarlg.dat", "bcast.dat", "test.dat")]
+        for junk in [*junks, b"\x00" * 100, b"\xff" * 2000]:
             s.sendto(junk, ("127.0.0.1", sbc_process.sip_port))
         s.sendto(options("after-junk"), ("127.0.0.1", sbc_process.sip_port))
         first = parse_message(s.recv(65535))  # the only answer is the one to OPTIONS
@@ -173,9 +174,9 @@ def test_tls_below_1_2_is_refused(sbc_process, version):
     except (ValueError, ssl.SSLError):
         pytest.skip(f"this OpenSSL cannot even offer {version.name}")
     raw = socket.create_connection(("127.0.0.1", sbc_process.tls_port), timeout=5)
-    with pytest.raises(ssl.SSLError) as info:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(b"\r\n\r\n")
+    with pytest.raises(ssl.SSLError) as info, ctx.wrap_socket(
+            raw, server_hostname="localhost") as s:
+        s.sendall(b"\r\n\r\n")
     if info.value.reason == "NO_PROTOCOLS_AVAILABLE":
         pytest.skip(f"this OpenSSL cannot offer {version.name}")
     # The server's alert, not a local failure: it saw the hello and refused the version.

@@ -1,10 +1,10 @@
-"""Stream framing (RFC 3261 18.3) and CRLF keepalives (RFC 5626 3.5.1), fed whole and byte by byte."""
+"""Stream framing (RFC 3261 18.3) and CRLF keepalives (RFC 5626 3.5.1), whole and bytewise."""
 
 import pytest
 
 from sbc.errors import SipParseError
 from sbc.sip.framing import CRLF_PONG, NEED_DATA, PING, PONG, StreamFramer
-from sbc.sip.message import Limits, Request, Response
+from sbc.sip.message import DEFAULT_LIMITS, Limits, Request, Response
 
 OPTIONS = (
     b"OPTIONS sip:sbc.example.net SIP/2.0\r\n"
@@ -28,7 +28,7 @@ def drain(framer: StreamFramer) -> list:
         out.append(ev)
 
 
-def feed_bytewise(data: bytes, limits: Limits = Limits()) -> list:
+def feed_bytewise(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list:
     framer = StreamFramer(limits)
     events = []
     for i in range(len(data)):
@@ -94,7 +94,7 @@ def test_missing_content_length_is_fatal_400():
 
 @pytest.mark.parametrize("value", [b"-5", b"five", b"5, 5", b"99999999999"])
 def test_unusable_content_length_is_fatal(value):
-    """Negative, non-numeric, duplicated or absurd Content-Length loses framing (RFC 4475 3.1.2.3)."""
+    """Negative, non-numeric, duplicated or absurd Content-Length loses framing (RFC 4475)."""
     framer = StreamFramer()
     framer.feed(OPTIONS.replace(b"Content-Length: 5", b"Content-Length: " + value))
     with pytest.raises(SipParseError) as info:

@@ -5,6 +5,7 @@ import pytest
 from sbc.errors import SipParseError
 from sbc.sip.headers import STAR, Headers, canonical_name, display_name
 from sbc.sip.message import (
+    DEFAULT_LIMITS,
     Limits,
     Request,
     Response,
@@ -220,7 +221,7 @@ def test_serialization_fixes_content_length():
     assert parse_message(out).body == msg.body
 
 
-def _err(data: bytes, limits: Limits = Limits()) -> SipParseError:
+def _err(data: bytes, limits: Limits = DEFAULT_LIMITS) -> SipParseError:
     with pytest.raises(SipParseError) as info:
         parse_message(data, limits)
     return info.value
