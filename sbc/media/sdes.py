@@ -156,7 +156,7 @@ class KeyParam:
 
 
 def _crypto_error(c: CryptoAttribute) -> str | None:
-    """Why ``c`` is not a valid crypto attribute, or ``None`` (shared by parser and constructor)."""
+    """Why ``c`` is not a valid crypto attribute, or ``None`` (the constructor's check)."""
     if not 0 <= c.tag <= 999_999_999:
         return "crypto tag must have 1 to 9 digits"
     if not _SUITE.fullmatch(c.suite):

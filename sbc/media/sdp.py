@@ -6,10 +6,13 @@ A description is kept the way it travels: an ordered list of :class:`Line` (type
 exact text after ``=``) for the session section, and one such list per media section (its first
 line is the ``m=`` line).  Typed views -- :attr:`SessionDescription.origin`,
 :attr:`MediaDescription.rtpmaps`, :attr:`MediaDescription.crypto`, ... -- are parsed from those
-lines when read.  :func:`parse_sdp` validates once every line that a typed view can read, so on a
-parsed description the views never raise.  Mutators replace or insert whole lines, written in
-canonical form and validated by the same code (a bad argument is a ``ValueError``, our fault, not
-an :class:`SdpError`); every line they do not touch is kept as received.  Hence an untouched
+lines when first read and cached per section until it changes, so lookups in a loop stay cheap
+on a hostile 1000-line body.  :func:`parse_sdp` validates once every line that a typed view can
+read, so on a parsed description the views never raise.  ``lines`` is a read-only tuple: changes
+go through mutators, which replace or insert whole lines written in canonical form and validated
+by the same code, plus the section-wide checks (one direction, unique crypto tags).  A bad
+argument is a ``ValueError`` (our fault, not an :class:`SdpError`) and leaves the description
+unchanged; every line a mutator does not touch is kept as received.  Hence an untouched
 description serializes back byte for byte when the input used CRLF.
 
 Liberal where harmless, strict where it matters (RFC 8866 section 5 and 9):
@@ -50,16 +53,15 @@ from sbc.media.sdes import CryptoAttribute, KeyParam, parse_crypto, redact_crypt
 
 __all__ = [
     "DIRECTIONS",
-    "CryptoAttribute",
-    "KeyParam",
-    "parse_crypto",
     "MAX_LINES",
     "MAX_LINE_LENGTH",
     "MAX_SDP_SIZE",
     "Attribute",
     "Bandwidth",
     "Connection",
+    "CryptoAttribute",
     "Fmtp",
+    "KeyParam",
     "Line",
     "MediaDescription",
     "MediaLine",
@@ -68,6 +70,7 @@ __all__ = [
     "RtpMap",
     "SessionDescription",
     "Timing",
+    "parse_crypto",
     "parse_sdp",
 ]
 
