@@ -30,6 +30,8 @@ _PARAM_RE = re.compile(
 )
 
 WSP = " \t"
+_SIMPLE_PARAMS_RE = re.compile(rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}:\[\]]+)?)*")
+_SIMPLE_PARAM_RE = re.compile(rf";([{TOKEN_CHARS}]+)(?:=([{TOKEN_CHARS}:\[\]]+))?")
 
 
 class Params:
@@ -104,8 +106,12 @@ def parse_params(text: str, pos: int, what: str) -> tuple[Params, int]:
     Returns the parameters and the position after them.  An empty parameter (``;;``) or a
     value with characters no grammar allows is a 400.
     """
-    items: list[tuple[str, str | None]] = []
     n = len(text)
+    # Fast path: the common unquoted ";name=value;flag" run, validated and split in two C calls.
+    m = _SIMPLE_PARAMS_RE.match(text, pos)
+    if m is not None and m.end() == n:
+        return Params([(k, v or None) for k, v in _SIMPLE_PARAM_RE.findall(text, pos)]), n
+    items: list[tuple[str, str | None]] = []
     while pos < n:
         # skip whitespace before the next ';' or ','
         while pos < n and text[pos] in WSP:

@@ -340,9 +340,21 @@ class Response(Message):
 _METHOD_RE = TOKEN_RE
 _VERSION_RE = re.compile(r"[Ss][Ii][Pp]/([0-9]+)\.([0-9]+)\Z")
 _STATUS_RE = re.compile(r"([0-9]{3})(?: (.*))?\Z", re.DOTALL)
-# A control character other than the CRLF pairs that end lines (HTAB is LWS, not suspicious).
-_STRAY_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-_HEADER_NAME_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*")
+# Control characters other than CR and LF (HTAB is LWS); bare CR/LF are found by counting.
+_OTHER_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_valid_names: dict[str, str] = {}  # header name as written -> canonical key, valid tokens only
+
+
+def _header_key(name: str) -> str | None:
+    """The canonical key of a header name as written, or None if it is not a token."""
+    key = _valid_names.get(name)
+    if key is None:
+        if not TOKEN_RE.match(name):
+            return None
+        key = canonical_name(name)
+        if len(_valid_names) < 4096:
+            _valid_names[name] = key
+    return key
 
 
 @dataclass(slots=True)
@@ -390,7 +402,10 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
     start_line = raw_lines[0]
     error: SipParseError | None = None
     # One scan for control characters over the whole head; per-line checks only if it hits.
-    suspicious = _STRAY_CTL_RE.search(text) is not None
+    crlf = text.count("\r\n")
+    suspicious = (
+        text.count("\r") != crlf or text.count("\n") != crlf or _OTHER_CTL_RE.search(text) is not None
+    )
     if "\r\n " in text or "\r\n\t" in text:
         # Unfold (RFC 3261 7.3.1): a line starting with SP/HTAB continues the previous one.
         lines: list[str] = []
@@ -410,8 +425,10 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
         error = error or SipParseError("too many header fields")
         lines = lines[: limits.max_headers]
     for line in lines:
-        m = _HEADER_NAME_RE.match(line)
-        if m is None:
+        raw_name, colon, value = line.partition(":")
+        name = raw_name.rstrip(" \t")
+        key = _header_key(name) if colon else None
+        if key is None:
             error = error or SipParseError("malformed header line")
             continue
         if suspicious and CTL_RE.search(line) and CTL_RE.search(QUOTED_STRING_RE.sub("", line)):
@@ -422,8 +439,7 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
         if len(line) > limits.max_line_bytes:
             error = error or SipParseError("header line too long")
             continue
-        name = m.group(1)
-        entries.append((canonical_name(name), name, line[m.end() :].rstrip(" \t")))
+        entries.append((key, name, value.strip(" \t")))
     headers = Headers._from_entries(entries)
 
     start: Request | Response

@@ -154,12 +154,25 @@ class AbsoluteUri:
 Uri = SipUri | TelUri | AbsoluteUri
 
 
+_good_hosts: set[str] = set()  # hosts already validated (bounded; cleared when full)
+
+
 def parse_host(text: str, what: str = "host") -> str:
     """Validate a host (hostname, IPv4, or bracketed IPv6 reference) and return it unchanged.
 
     RFC 5118 4.10: the RFC 3261 ABNF admits ``[2001:db8:::192.0.2.1]``; sbc follows RFC 4291
     and rejects it, since a gateway must never forward an address it cannot interpret.
     """
+    if text in _good_hosts:
+        return text
+    _check_host(text, what)
+    if len(_good_hosts) >= 4096:
+        _good_hosts.clear()
+    _good_hosts.add(text)
+    return text
+
+
+def _check_host(text: str, what: str) -> None:
     if not text:
         raise SipParseError(f"empty {what}")
     if text[0] == "[":
@@ -169,15 +182,14 @@ def parse_host(text: str, what: str = "host") -> str:
             ipaddress.IPv6Address(text[1:-1])
         except ValueError:
             raise SipParseError(f"invalid IPv6 reference in {what}") from None
-        return text
+        return
     if _IPV4_LIKE_RE.match(text):
         # RFC 3261 25.1 IPv4address: four 1*3DIGIT octets (leading zeros allowed), each <= 255.
         if not IPV4_RE.match(text):
             raise SipParseError(f"invalid IPv4 address in {what}")
-        return text
+        return
     if not _HOSTNAME_RE.match(text) or len(text) > 255:
         raise SipParseError(f"invalid hostname in {what}")
-    return text
 
 
 def split_hostport(text: str, what: str) -> tuple[str, int | None]:
@@ -202,7 +214,14 @@ def split_hostport(text: str, what: str) -> tuple[str, int | None]:
     return host, port
 
 
+_SIMPLE_URI_PARAMS_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()]+(?:=[A-Za-z0-9\-_.!~*'()]+)?"
+                                   r"(?:;[A-Za-z0-9\-_.!~*'()]+(?:=[A-Za-z0-9\-_.!~*'()]+)?)*\Z")
+
+
 def _parse_uri_params(text: str, what: str) -> Params:
+    if _SIMPLE_URI_PARAMS_RE.match(text):  # fast path: no escapes or special characters
+        return Params([(n, v if e else None) for n, e, v in
+                       (p.partition("=") for p in text.split(";"))])
     items: list[tuple[str, str | None]] = []
     for piece in text.split(";"):
         name, eq, value = piece.partition("=")
