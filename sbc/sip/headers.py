@@ -27,7 +27,7 @@ from sbc.sip.grammar import (
     split_commas,
     unquote,
 )
-from sbc.sip.uri import SipUri, Uri, parse_host, parse_uri
+from sbc.sip.uri import FAST_SIP_URI, SipUri, Uri, parse_host, parse_uri, sip_uri_from_match
 
 # RFC 3261 7.3.3 compact forms, plus Refer-To (r, RFC 3515), Referred-By (b, RFC 3892),
 # Session-Expires (x, RFC 4028), Request-Disposition (d, RFC 3841), Allow-Events (u, RFC 6665),
@@ -297,8 +297,32 @@ class Via:
         return b is not None and b.startswith(BRANCH_MAGIC) and len(b) > len(BRANCH_MAGIC)
 
 
+_FAST_VIA_RE = re.compile(
+    r"SIP/2\.0/(?P<transport>[A-Za-z]+) (?P<host>[A-Za-z0-9.\-]+)(?::(?P<port>[0-9]{1,5}))?"
+    rf"(?P<params>(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}:\[\]]+)?)*)\Z"
+)
+
+
 def parse_via_value(text: str) -> Via:
     """Parse one Via value (one element of a comma-separated Via header)."""
+    fm = _FAST_VIA_RE.match(text)
+    if fm is not None:
+        # No LWS, no quoted values: split directly, then the same checks as the general path.
+        host = parse_host(fm.group("host"), "Via sent-by")
+        port_text = fm.group("port")
+        port = int(port_text) if port_text else None
+        if port is not None and port > 65535:
+            raise SipParseError("invalid port in Via")
+        pt = fm.group("params")
+        params = Params([(k, v if e else None) for k, e, v in
+                         (p.partition("=") for p in pt[1:].split(";"))]) if pt else Params()
+        _check_via_params(params)
+        return Via(fm.group("transport").upper(), host, port, params)
+    return parse_via_value_general(text)
+
+
+def parse_via_value_general(text: str) -> Via:
+    """The general Via parser (the fast path's reference; tests compare the two)."""
     m = _VIA_RE.match(text)
     if m is None:
         raise SipParseError("malformed Via")
@@ -314,7 +338,12 @@ def parse_via_value(text: str) -> Via:
     params, pos = parse_params(text, m.end(), "Via")
     if pos != len(text):
         raise SipParseError("malformed Via")
-    # Typed checks on the parameters the stack acts on (RFC 3261 20.42, RFC 3581).
+    _check_via_params(params)
+    return Via(transport.upper(), host, port, params, f"{name}/{version}")
+
+
+def _check_via_params(params: Params) -> None:
+    """Typed checks on the parameters the stack acts on (RFC 3261 20.42, RFC 3581)."""
     for pname, pvalue in params:
         lname = pname.lower()
         if lname == "branch" and not pvalue:
@@ -330,7 +359,6 @@ def parse_via_value(text: str) -> Via:
                 raise SipParseError("invalid Via rport")
         elif lname == "ttl" and (pvalue is None or not pvalue.isdigit() or int(pvalue) > 255):
             raise SipParseError("invalid Via ttl")
-    return Via(transport.upper(), host, port, params, f"{name}/{version}")
 
 
 def parse_via(value: str) -> list[Via]:
@@ -399,8 +427,29 @@ class NameAddr:
         return quote(text)
 
 
+# Fast path for the everyday name-addr: optional display name, <sip URI>, simple parameters.
+# Like FAST_SIP_URI it accepts a strict subset of the general parser's language.
+_FAST_NAME_ADDR_RE = re.compile(
+    rf'[ \t]*(?P<display>"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+    rf"|[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*)?[ \t]*<{FAST_SIP_URI}>"
+    rf"(?P<hparams>(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}:\[\]]+)?)*)[ \t]*\Z"
+)
+
+
 def parse_name_addr(text: str, what: str = "name-addr") -> NameAddr:
     """Parse one name-addr or addr-spec with its header parameters."""
+    if len(text) <= 1024:
+        m = _FAST_NAME_ADDR_RE.match(text)
+        if m is not None and len(m.group("host")) <= 255:
+            hp = m.group("hparams")
+            params = Params([(k, v if e else None) for k, e, v in
+                             (p.partition("=") for p in hp[1:].split(";"))]) if hp else Params()
+            return NameAddr(sip_uri_from_match(m), m.group("display"), params, True)
+    return parse_name_addr_general(text, what)
+
+
+def parse_name_addr_general(text: str, what: str = "name-addr") -> NameAddr:
+    """The general name-addr parser (the fast path's reference; tests compare the two)."""
     n = len(text)
     pos = 0
     while pos < n and text[pos] in WSP:

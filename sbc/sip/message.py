@@ -403,9 +403,8 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
     error: SipParseError | None = None
     # One scan for control characters over the whole head; per-line checks only if it hits.
     crlf = text.count("\r\n")
-    suspicious = (
-        text.count("\r") != crlf or text.count("\n") != crlf or _OTHER_CTL_RE.search(text) is not None
-    )
+    suspicious = (text.count("\r") != crlf or text.count("\n") != crlf
+                  or _OTHER_CTL_RE.search(text) is not None)
     if "\r\n " in text or "\r\n\t" in text:
         # Unfold (RFC 3261 7.3.1): a line starting with SP/HTAB continues the previous one.
         lines: list[str] = []
