@@ -101,22 +101,22 @@ class StreamFramer:
             end = buf.find(b"\r\n\r\n", self._scan)
             if end < 0:
                 if len(buf) > limits.max_message_bytes:
-                    raise SipParseError("header section too large", 513, fatal=True)
+                    raise self._too_large_head()
                 self._scan = max(0, len(buf) - 3)
                 return NEED_DATA
             if end > limits.max_message_bytes:
-                raise SipParseError("header section too large", 513, fatal=True)
+                raise self._too_large_head()
             head = parse_head(bytes(buf[:end]), limits)
             if head.content_length is None:
                 # RFC 3261 18.3: Content-Length is mandatory on stream transports.
                 raise head.fail(SipParseError("Content-Length required on a stream", 400,
-                                              fatal=True))
-            if head.content_length > limits.max_body_bytes or (
-                end + 4 + head.content_length > limits.max_message_bytes
-            ):
-                raise head.fail(SipParseError("message too large", 413 if
-                                              head.content_length > limits.max_body_bytes
-                                              else 513, fatal=True))
+                                              fatal=True), framing=True)
+            if head.content_length > limits.max_body_bytes:
+                raise head.fail(SipParseError("message body too large", 413, fatal=True),
+                                framing=True)
+            if end + 4 + head.content_length > limits.max_message_bytes:
+                raise head.fail(SipParseError("message too large", 513, fatal=True),
+                                framing=True)
             self._head = head
             self._head_len = end + 4
         head = self._head
@@ -133,3 +133,12 @@ class StreamFramer:
         msg = head.start
         msg.body = body
         return msg
+
+    def _too_large_head(self) -> SipParseError:
+        """513 for a header section over the cap, answered only if a Via can be salvaged from
+        the complete lines received so far."""
+        cap = self.limits.max_message_bytes
+        last = self._buf.rfind(b"\r\n", 0, cap)
+        head = parse_head(bytes(self._buf[: max(last, 0)]), self.limits)
+        return head.fail(SipParseError("header section too large", 513, fatal=True),
+                         framing=True)

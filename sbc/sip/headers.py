@@ -244,6 +244,9 @@ _VIA_RE = re.compile(
     r"\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?:\s*:\s*([0-9]{1,5}))?"
 )
 BRANCH_MAGIC = "z9hG4bK"  # RFC 3261 8.1.1.7
+# ASCII digits, bounded before int() (str.isdigit accepts "²", and int() refuses 4300+ digits).
+_PORT_DIGITS_RE = re.compile(r"[0-9]{1,5}\Z")
+_TTL_DIGITS_RE = re.compile(r"[0-9]{1,3}\Z")
 
 
 @dataclass(slots=True)
@@ -355,9 +358,11 @@ def _check_via_params(params: Params) -> None:
             addr = pvalue if pvalue.startswith("[") or ":" not in pvalue else f"[{pvalue}]"
             parse_host(addr, f"Via {lname}")
         elif lname == "rport" and pvalue is not None:
-            if not pvalue.isdigit() or int(pvalue) > 65535:
+            if not _PORT_DIGITS_RE.match(pvalue) or int(pvalue) > 65535:
                 raise SipParseError("invalid Via rport")
-        elif lname == "ttl" and (pvalue is None or not pvalue.isdigit() or int(pvalue) > 255):
+        elif lname == "ttl" and (
+            pvalue is None or not _TTL_DIGITS_RE.match(pvalue) or int(pvalue) > 255
+        ):
             raise SipParseError("invalid Via ttl")
 
 

@@ -41,10 +41,12 @@ from sbc.sip.headers import (
     parse_token_list,
     parse_uint,
     parse_via,
+    parse_via_value,
 )
 from sbc.sip.uri import SipUri, Uri, parse_uri
 
 SIP_VERSION = "SIP/2.0"
+_DELTA_SECONDS_RE = re.compile(r"[ \t]*[0-9]+[ \t]*\Z")
 _ENC = "utf-8"
 _ERRORS = "surrogateescape"
 
@@ -208,15 +210,16 @@ class Message:
 
     @property
     def expires(self) -> int | None:
-        """Expires in seconds; values above 2**32-1 are clamped to it (RFC 3261 25.1
-        delta-seconds)."""
+        """Expires in seconds, or None when absent or malformed.
+
+        Values above 2**32-1 are clamped to it (RFC 3261 25.1 delta-seconds).  A malformed value
+        is treated as absent, so the registrar or UAS applies its default (RFC 3261 10.3, 13.3.1).
+        """
         v = self.headers.get("expires")
-        if v is None:
+        if v is None or not _DELTA_SECONDS_RE.match(v):
             return None
-        v = v.strip()
-        if not v.isdigit():
-            raise SipParseError("malformed Expires")
-        return min(int(v), 2**32 - 1)
+        v = v.strip(" \t")
+        return 2**32 - 1 if len(v) > 10 else min(int(v), 2**32 - 1)
 
     def option_tags(self, name: str) -> list[str]:
         """Allow / Supported / Require / Proxy-Require / Unsupported as a list of tokens."""
@@ -371,11 +374,13 @@ class Head:
     content_length: int | None
     error: SipParseError | None = None
 
-    def fail(self, error: SipParseError) -> SipParseError:
-        """Record ``error`` (unless one is already recorded) with its salvage, and return the
-        recorded one.  A malformed response is never answered (RFC 3261 18.1.2); a request is
-        answered only if a top Via could be read."""
-        if self.error is not None:
+    def fail(self, error: SipParseError, *, framing: bool = False) -> SipParseError:
+        """Record ``error`` with its salvage and return the error to raise.
+
+        The first content error found wins; a framing or size error (``framing=True``) wins over
+        any, since it decides what happens to the connection.  A malformed response is never
+        answered (RFC 3261 18.1.2); a request is answered only if a top Via could be read."""
+        if self.error is not None and not framing:
             return self.error
         if self.start_line[:4].upper() == "SIP/":
             error.status = None
@@ -435,10 +440,11 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
             # bare CR/LF elsewhere is an injection attempt against whoever reads it next.
             error = error or SipParseError("control character in header field")
             continue
-        if len(line) > limits.max_line_bytes:
+        value = value.strip(" \t")
+        if len(name) + 2 + len(value) > limits.max_line_bytes:  # as it will be written
             error = error or SipParseError("header line too long")
             continue
-        entries.append((key, name, value.strip(" \t")))
+        entries.append((key, name, value))
     headers = Headers._from_entries(entries)
 
     start: Request | Response
@@ -454,12 +460,13 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
     # (RFC 4475 3.1.2.3 and 3.3.9): a bad one is fatal on a stream.
     cl_values = headers.get_all("content-length")
     if len(cl_values) > 1:
-        raise result.fail(SipParseError("more than one Content-Length", 400, fatal=True))
+        raise result.fail(SipParseError("more than one Content-Length", 400, fatal=True),
+                          framing=True)
     if cl_values:
         try:
             result.content_length = parse_uint(cl_values[0], "Content-Length", 2**31 - 1)
         except SipParseError as e:
-            raise result.fail(SipParseError(e.message, 400, fatal=True)) from None
+            raise result.fail(SipParseError(e.message, 400, fatal=True), framing=True) from None
 
     if error is None:
         try:
@@ -546,47 +553,70 @@ def _validate(msg: Request | Response, limits: Limits) -> None:
 
 
 def _salvage(start_line: str, headers: Headers) -> Salvage:
-    """Read what a response needs from a broken request, leniently and safely."""
+    """Read what a response needs from a broken request, leniently and safely.
+
+    Every Via kept is rebuilt and re-parsed, so the answer is routable (RFC 3261 18.2.2): when
+    the top one cannot be rebuilt there is no answer at all; a damaged one below it is dropped.
+    From, To, Call-ID and CSeq are copied as received (RFC 3261 8.2.6.2), the first of each
+    when repeated (RFC 4475 3.3.8), so the client can match the answer to its transaction.
+    """
     s = Salvage()
     parts = start_line.split(" ")
     if parts and _METHOD_RE.match(parts[0]) and not parts[0].upper().startswith("SIP/"):
         s.method = parts[0]
+    top = True
     for raw in headers.get_all("via"):
         # Lenient on purpose: RFC 4475 3.1.2.1 wants a 400 even for "Via: ...;;,;,,".
         for el in raw.split(","):
-            if not el.strip():
+            if not el.strip(" \t"):
                 continue
-            via = _lenient_via(el.strip())
-            if via is None:
-                return s if s.vias else Salvage(method=s.method)
-            s.vias.append(via)
+            via = _lenient_via(el.strip(" \t"))
+            if via is not None:
+                s.vias.append(via)
+            elif top:
+                break
+            top = False
+        if top and not s.vias:
+            break
     for key in ("from", "to", "call-id", "cseq"):
         values = headers.get_all(key)
-        if len(values) == 1:
+        if values:
             setattr(s, "from_" if key == "from" else key.replace("-", "_"), values[0])
     return s
 
 
 _LENIENT_VIA_RE = re.compile(
-    r"\s*SIP\s*/\s*[0-9.]+\s*/\s*([A-Za-z]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?:\s*:\s*([0-9]{1,5}))?"
+    r"\s*SIP\s*/\s*[0-9.]+\s*/\s*([A-Za-z]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)"
+    r"(?:\s*:\s*([0-9]{1,5}))?"
 )
 _LENIENT_PARAM_RE = re.compile(
     r"\s*;\s*(branch|rport|received)(?:\s*=\s*([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?", re.IGNORECASE)
 
 
 def _lenient_via(text: str) -> str | None:
-    """A clean Via rebuilt from a damaged one: sent-protocol, sent-by, and the parameters
-    a response is routed by (branch, rport, received); ``None`` when no sent-by can be read."""
+    """A clean Via rebuilt from a damaged one: sent-protocol, sent-by, and those of the
+    parameters a response is routed by (branch, rport, received) that are well formed;
+    ``None`` when no valid sent-by can be read."""
     m = _LENIENT_VIA_RE.match(text)
     if m is None:
         return None
     transport, host, port = m.groups()
-    if port is not None and int(port) > 65535:
-        return None
     out = f"SIP/2.0/{transport.upper()} {host}" + (f":{port}" if port else "")
+    if not _parses_as_via(out):
+        return None
     for pm in _LENIENT_PARAM_RE.finditer(text, m.end()):
-        out += f";{pm.group(1)}" + (f"={pm.group(2)}" if pm.group(2) else "")
+        candidate = out + f";{pm.group(1)}" + (f"={pm.group(2)}" if pm.group(2) else "")
+        if _parses_as_via(candidate):
+            out = candidate
     return out
+
+
+def _parses_as_via(text: str) -> bool:
+    try:
+        parse_via_value(text)
+    except SipParseError:
+        return False
+    return True
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
@@ -602,18 +632,19 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     if end < 0:
         head = parse_head(data[start : start + limits.max_message_bytes].rstrip(b"\r\n"), limits)
         if len(data) > limits.max_message_bytes:
-            raise head.fail(SipParseError("message too large", 513))
+            raise head.fail(SipParseError("message too large", 513), framing=True)
         raise head.fail(SipParseError("header section not terminated by an empty line"))
     head = parse_head(data[start:end], limits)
     if len(data) > limits.max_message_bytes:
-        raise head.fail(SipParseError("message too large", 513))
+        raise head.fail(SipParseError("message too large", 513), framing=True)
     body_start = end + 4
     available = len(data) - body_start
     length = available if head.content_length is None else head.content_length
     if length > available:
-        raise head.fail(SipParseError("Content-Length larger than the message body"))
+        raise head.fail(SipParseError("Content-Length larger than the message body"),
+                        framing=True)
     if length > limits.max_body_bytes:
-        raise head.fail(SipParseError("message body too large", 413))
+        raise head.fail(SipParseError("message body too large", 413), framing=True)
     if head.error is not None:
         raise head.error
     msg = head.start

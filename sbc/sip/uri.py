@@ -1,10 +1,10 @@
 """SIP, SIPS and tel URIs (RFC 3261 19.1 and 25.1, RFC 3966), plus opaque absolute URIs.
 
 Components are kept exactly as written (escaped, original case), so ``str(parse_uri(s)) == s``
-for every valid ``s``; helpers give the unescaped user and compare per RFC 3261 19.1.4 where a
-caller needs it.  A URI with another scheme (``isbn:``, ``http:``) parses to
-:class:`AbsoluteUri` so a message carrying it is still understood; the gateway decides whether
-that deserves 416 (RFC 4475 3.3.2).
+for every valid ``s`` (but a port with leading zeros is written without them); helpers give
+the unescaped user and compare per RFC 3261 19.1.4 where a caller needs it.  A URI with another
+scheme (``isbn:``, ``http:``) parses to :class:`AbsoluteUri` so a message carrying it is still
+understood; the gateway decides whether that deserves 416 (RFC 4475 3.3.2).
 """
 
 from __future__ import annotations
@@ -179,6 +179,8 @@ def _check_host(text: str, what: str) -> None:
         if text[-1] != "]":
             raise SipParseError(f"unterminated IPv6 reference in {what}")
         try:
+            if "%" in text:  # zone identifiers (RFC 6874) are not part of RFC 3261 hosts
+                raise ValueError
             ipaddress.IPv6Address(text[1:-1])
         except ValueError:
             raise SipParseError(f"invalid IPv6 reference in {what}") from None
