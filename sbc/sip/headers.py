@@ -67,6 +67,7 @@ DISPLAY_NAMES: dict[str, str] = {
 }
 
 T = TypeVar("T")
+_MISSING = object()
 
 _canonical_cache: dict[str, str] = {}
 
@@ -118,11 +119,10 @@ class Headers:
         Typed values are read-only views: to change a header, build the new value and ``set``
         its text, which drops the cached view.
         """
-        try:
-            return self._typed[key]  # type: ignore[no-any-return]
-        except KeyError:
+        value = self._typed.get(key, _MISSING)
+        if value is _MISSING:
             value = self._typed[key] = parse(self)
-            return value
+        return value  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((n, v) for _, n, v in self._entries)
@@ -301,8 +301,8 @@ class Via:
 
 
 _FAST_VIA_RE = re.compile(
-    r"SIP/2\.0/(?P<transport>[A-Za-z]+) (?P<host>[A-Za-z0-9.\-]+)(?::(?P<port>[0-9]{1,5}))?"
-    rf"(?P<params>(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}:\[\]]+)?)*)\Z"
+    r"SIP/2\.0/(?P<transport>[A-Za-z]++) (?P<host>[A-Za-z0-9.\-]++)(?::(?P<port>[0-9]{1,5}+))?"
+    rf"(?P<params>(?:;[{TOKEN_CHARS}]++(?:=[{TOKEN_CHARS}:\[\]]++)?)*+)\Z"
 )
 
 
@@ -432,24 +432,31 @@ class NameAddr:
         return quote(text)
 
 
-# Fast path for the everyday name-addr: optional display name, <sip URI>, simple parameters.
-# Like FAST_SIP_URI it accepts a strict subset of the general parser's language.
+# Fast path for the everyday name-addr: optional display name, <sip URI>, parameters (quoted
+# values included).  Like FAST_SIP_URI it accepts a strict subset of the general parser's
+# language, and its possessive quantifiers keep matching linear.
+_QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]++|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*+"'
 _FAST_NAME_ADDR_RE = re.compile(
-    rf'[ \t]*(?P<display>"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
-    rf"|[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*)?[ \t]*<{FAST_SIP_URI}>"
-    rf"(?P<hparams>(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}:\[\]]+)?)*)[ \t]*\Z"
+    rf"[ \t]*+(?P<display>{_QUOTED}|[{TOKEN_CHARS}]++(?:[ \t]++[{TOKEN_CHARS}]++)*+)?[ \t]*+"
+    rf"<{FAST_SIP_URI}>"
+    rf"(?P<hparams>(?:;[{TOKEN_CHARS}]++(?:=(?:[{TOKEN_CHARS}:\[\]]++|{_QUOTED}))?)*+)[ \t]*+\Z"
 )
+_HPARAM_RE = re.compile(rf";([{TOKEN_CHARS}]+)(?:=([{TOKEN_CHARS}:\[\]]+|{_QUOTED}))?")
 
 
 def parse_name_addr(text: str, what: str = "name-addr") -> NameAddr:
     """Parse one name-addr or addr-spec with its header parameters."""
-    if len(text) <= 1024:
-        m = _FAST_NAME_ADDR_RE.match(text)
-        if m is not None and len(m.group("host")) <= 255:
-            hp = m.group("hparams")
+    m = _FAST_NAME_ADDR_RE.match(text)
+    if m is not None:
+        hp = m.group("hparams")
+        if not hp:
+            params = Params()
+        elif '"' in hp:
+            params = Params([(k, v or None) for k, v in _HPARAM_RE.findall(hp)])
+        else:
             params = Params([(k, v if e else None) for k, e, v in
-                             (p.partition("=") for p in hp[1:].split(";"))]) if hp else Params()
-            return NameAddr(sip_uri_from_match(m), m.group("display"), params, True)
+                             (p.partition("=") for p in hp[1:].split(";"))])
+        return NameAddr(sip_uri_from_match(m, what), m.group("display"), params, True)
     return parse_name_addr_general(text, what)
 
 

@@ -68,6 +68,7 @@ DEFAULT_LIMITS = Limits()
 # Headers that may appear only once (RFC 3261 7.3.1 and 20); a second copy is a 400 (RFC 4475
 # 3.3.8).
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type")
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")  # RFC 3261 8.1.1 (Max-Forwards: 3.4.1)
 
 REASON_PHRASES: dict[int, str] = {
     100: "Trying",
@@ -236,11 +237,15 @@ def _required(headers: Headers, key: str) -> str:
     return v
 
 
-def _vias(h: Headers) -> list[Via]:
+def _vias_of(values: list[str]) -> list[Via]:
     out: list[Via] = []
-    for v in h.get_all("via"):
+    for v in values:
         out.extend(parse_via(v))
     return out
+
+
+def _vias(h: Headers) -> list[Via]:
+    return _vias_of(h.get_all("via"))
 
 
 def _from(h: Headers) -> NameAddr:
@@ -260,29 +265,29 @@ def _max_forwards(h: Headers) -> int | None:
     return None if v is None else parse_uint(v, "Max-Forwards", 255)
 
 
-def _contacts(h: Headers) -> list[NameAddr] | _Star:
-    values = h.get_all("contact")
+def _contacts_of(values: list[str]) -> list[NameAddr] | _Star:
     if len(values) == 1 and values[0].strip() == "*":
         return STAR
+    return _name_addrs_of(values, "Contact")
+
+
+def _contacts(h: Headers) -> list[NameAddr] | _Star:
+    return _contacts_of(h.get_all("contact"))
+
+
+def _name_addrs_of(values: list[str], what: str) -> list[NameAddr]:
     out: list[NameAddr] = []
     for v in values:
-        out.extend(parse_name_addr_list(v, "Contact"))
-    return out
-
-
-def _name_addrs(h: Headers, key: str, what: str) -> list[NameAddr]:
-    out: list[NameAddr] = []
-    for v in h.get_all(key):
         out.extend(parse_name_addr_list(v, what))
     return out
 
 
 def _routes(h: Headers) -> list[NameAddr]:
-    return _name_addrs(h, "route", "Route")
+    return _name_addrs_of(h.get_all("route"), "Route")
 
 
 def _record_routes(h: Headers) -> list[NameAddr]:
-    return _name_addrs(h, "record-route", "Record-Route")
+    return _name_addrs_of(h.get_all("record-route"), "Record-Route")
 
 
 class Request(Message):
@@ -343,8 +348,9 @@ class Response(Message):
 _METHOD_RE = TOKEN_RE
 _VERSION_RE = re.compile(r"[Ss][Ii][Pp]/([0-9]+)\.([0-9]+)\Z")
 _STATUS_RE = re.compile(r"([0-9]{3})(?: (.*))?\Z", re.DOTALL)
-# Control characters other than CR and LF (HTAB is LWS); bare CR/LF are found by counting.
-_OTHER_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Every byte but the control characters (HTAB is LWS, so it counts as text).  Deleting these
+# from a head leaves its CR, LF and control bytes: the head is clean when that is just its CRLFs.
+_NOT_CTL = bytes(b for b in range(256) if b == 0x09 or (b >= 0x20 and b != 0x7F))
 _valid_names: dict[str, str] = {}  # header name as written -> canonical key, valid tokens only
 
 
@@ -407,9 +413,9 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
     start_line = raw_lines[0]
     error: SipParseError | None = None
     # One scan for control characters over the whole head; per-line checks only if it hits.
-    crlf = text.count("\r\n")
-    suspicious = (text.count("\r") != crlf or text.count("\n") != crlf
-                  or _OTHER_CTL_RE.search(text) is not None)
+    crlf = head.count(b"\r\n")
+    ctl = head.translate(None, _NOT_CTL)  # only the CR, LF and other control bytes remain
+    suspicious = len(ctl) != 2 * crlf or ctl.count(b"\r") != crlf
     if "\r\n " in text or "\r\n\t" in text:
         # Unfold (RFC 3261 7.3.1): a line starting with SP/HTAB continues the previous one.
         lines: list[str] = []
@@ -494,9 +500,10 @@ def _parse_start_line(line: str, limits: Limits) -> Request | Response:
         # RFC 4475 3.1.2.8-10: extra, embedded or trailing SP in the Request-Line.
         raise SipParseError("malformed Request-Line")
     method, uri_text, version = parts
-    if not _METHOD_RE.match(method):
+    if method not in _KNOWN_METHODS and not _METHOD_RE.match(method):
         raise SipParseError("invalid method")
-    _check_version(version)
+    if version != SIP_VERSION:
+        _check_version(version)
     if len(uri_text) > limits.max_uri_bytes:
         raise SipParseError("Request-URI too long", 414)
     uri = parse_uri(uri_text, "Request-URI")
@@ -504,6 +511,12 @@ def _parse_start_line(line: str, limits: Limits) -> Request | Response:
         # RFC 3261 19.1.1 table: headers are not allowed in a Request-URI (RFC 4475 3.1.2.11).
         raise SipParseError("headers in Request-URI")
     return Request(method, uri)
+
+
+_KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "INFO",
+    "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
+})
 
 
 def _check_version(text: str) -> None:
@@ -515,41 +528,56 @@ def _check_version(text: str) -> None:
 
 
 def _validate(msg: Request | Response, limits: Limits) -> None:
-    """Check the headers every later layer relies on (RFC 3261 8.1.1 and 20)."""
+    """Check the headers every later layer relies on (RFC 3261 8.1.1 and 20).
+
+    One pass groups the lines by header; the typed values parsed here fill the cache the
+    accessors read, so nothing is parsed twice.
+    """
     headers = msg.headers
-    counts: dict[str, int] = {}
-    for key, _, _ in headers._entries:
-        counts[key] = counts.get(key, 0) + 1
+    groups: dict[str, list[str]] = {}
+    for key, _, value in headers._entries:
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [value]
+        else:
+            group.append(value)
     for key in _SINGLE:
-        if counts.get(key, 0) > 1:
+        group = groups.get(key)
+        if group is not None and len(group) > 1:
             raise SipParseError(f"more than one {display_name(key)} header")
-    for key in ("via", "from", "to", "call-id", "cseq"):
-        if key not in counts:
+    for key in _REQUIRED:
+        if key not in groups:
             raise SipParseError(f"missing {display_name(key)} header")
-    vias = msg.vias
+    typed = headers._typed
+    vias = typed["via"] = _vias_of(groups["via"])
     if len(vias) > limits.max_values_per_header:
         raise SipParseError("too many Via values")
-    from_ = msg.from_
-    to = msg.to
+    from_ = typed["from"] = parse_name_addr(groups["from"][0], "From")
+    to = typed["to"] = parse_name_addr(groups["to"][0], "To")
     for na, what in ((from_, "From"), (to, "To")):
         if isinstance(na.uri, SipUri) and na.uri.headers:
             raise SipParseError(f"headers in {what} URI")
-    call_id = msg.call_id
-    if not CALL_ID_RE.match(call_id):
+    if not CALL_ID_RE.match(groups["call-id"][0]):
         raise SipParseError("malformed Call-ID")
-    cseq = msg.cseq
+    cseq = typed["cseq"] = parse_cseq(groups["cseq"][0])
     if isinstance(msg, Request) and cseq.method != msg.method:
         raise SipParseError("CSeq method does not match the request method")
-    msg.max_forwards  # noqa: B018 - validates
-    contacts = msg.contacts
+    mf = groups.get("max-forwards")
+    typed["max-forwards"] = parse_uint(mf[0], "Max-Forwards", 255) if mf else None
+    contacts = typed["contact"] = _contacts_of(groups.get("contact", []))
     if contacts is STAR:
         if not isinstance(msg, Request) or msg.method != "REGISTER":
             raise SipParseError("Contact: * outside REGISTER")
-    elif isinstance(contacts, list) and len(contacts) > limits.max_values_per_header:
+    elif len(contacts) > limits.max_values_per_header:
         raise SipParseError("too many Contact values")
-    for na in msg.routes + msg.record_routes:
-        if not na.angle:
-            raise SipParseError("Route/Record-Route URI must be in <>")
+    for key, what in (("route", "Route"), ("record-route", "Record-Route")):
+        values = groups.get(key)
+        routes = typed[key] = _name_addrs_of(values, what) if values else []
+        if len(routes) > limits.max_values_per_header:
+            raise SipParseError(f"too many {what} values")
+        for na in routes:
+            if not na.angle:
+                raise SipParseError(f"{what} URI must be in <>")
 
 
 def _salvage(start_line: str, headers: Headers) -> Salvage:
