@@ -565,7 +565,7 @@ def _validate(msg: Request | Response, limits: Limits) -> None:
     mf = groups.get("max-forwards")
     typed["max-forwards"] = parse_uint(mf[0], "Max-Forwards", 255) if mf else None
     contacts = typed["contact"] = _contacts_of(groups.get("contact", []))
-    if contacts is STAR:
+    if isinstance(contacts, _Star):
         if not isinstance(msg, Request) or msg.method != "REGISTER":
             raise SipParseError("Contact: * outside REGISTER")
     elif len(contacts) > limits.max_values_per_header:
