@@ -26,6 +26,7 @@ from sbc.errors import SipParseError
 from sbc.sip.framing import NEED_DATA, StreamFramer
 from sbc.sip.headers import canonical_name
 from sbc.sip.message import Request, Response, parse_message
+from tests.sip.test_sip_fuzz import ACCESSORS
 
 PROTOS = Path(__file__).resolve().parent.parent / "fixtures" / "protos"
 CASE_COUNT = 4527
@@ -217,20 +218,6 @@ def test_oversized_cases_are_refused():
     assert [outcome(d)[0] for d in big].count("parsed") == 0
 
 
-ACCESSORS = (
-    "vias",
-    "top_via",
-    "from_",
-    "to",
-    "call_id",
-    "cseq",
-    "max_forwards",
-    "contacts",
-    "routes",
-    "record_routes",
-    "content_type",
-    "expires",
-)
 
 
 def test_parsed_cases_have_working_typed_accessors():
