@@ -4,10 +4,17 @@ What runs today: every enabled listener of both interfaces (UDP, TCP, TLS) with 
 stream framing, keepalives and the stateless core (:mod:`sbc.gateway.stateless`): malformed
 traffic gets its 4xx or a counted drop, OPTIONS is answered, other requests get 503 with
 Retry-After until the B2BUA lands.  Counters are logged every minute and at shutdown.
+
+TCP and TLS connections are admitted and timed by one :class:`~sbc.net.limits.ConnectionGuard`
+(``limits.*``).  SIGHUP re-reads the TLS certificate, key and CA bundle
+(:meth:`Service.reload_tls`): new handshakes use them, established connections are untouched, and
+files that do not load are logged and ignored.
 """
 
 from __future__ import annotations
 
+import signal
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import task
@@ -19,8 +26,9 @@ from sbc.config import Config
 from sbc.errors import ConfigError
 from sbc.gateway.stateless import StatelessCore
 from sbc.ids import IdSource
-from sbc.net.tls import TlsFiles, server_context_factory
-from sbc.net.transport import SipDatagramProtocol, SipStreamFactory
+from sbc.net.limits import ConnectionGuard, StreamLimits
+from sbc.net.tls import ReloadableServerContext, TlsFiles
+from sbc.net.transport import SipDatagramProtocol, SipStreamFactory, SipTlsFactory
 from sbc.sip.message import Limits
 
 log = Logger(namespace="sbc.service")
@@ -38,16 +46,64 @@ def limits_from(config: Config) -> Limits:
     )
 
 
-def start(config: Config, reactor: Any) -> tuple[StatelessCore, list[IListeningPort]]:
-    """Open every enabled listener on ``reactor``; returns the core and the ports.
+def stream_limits_from(config: Config) -> StreamLimits:
+    lc = config.limits
+    return StreamLimits(
+        max_connections=lc.max_connections,
+        max_connections_per_ip=lc.max_connections_per_ip,
+        new_connections_per_second_per_ip=lc.new_connections_per_second_per_ip,
+        tls_handshake_timeout=lc.tls_handshake_timeout,
+        idle_timeout=lc.idle_timeout,
+        max_buffered_bytes=lc.max_buffered_bytes,
+    )
+
+
+@dataclass
+class Service:
+    """What :func:`start` opened: the core, the connection guard, the ports, the TLS context."""
+
+    core: StatelessCore
+    guard: ConnectionGuard
+    ports: list[IListeningPort] = field(default_factory=list)
+    tls: ReloadableServerContext | None = None
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS files for new handshakes; False (old files kept) if they do not load."""
+        if self.tls is None:
+            log.info("TLS reload requested but no TLS listener is open")
+            return False
+        try:
+            self.tls.reload()
+        except ConfigError as e:
+            self.core.counters["tls.reload_failed"] += 1
+            log.error("TLS reload failed, keeping the previous certificate: {error}",
+                      error=str(e))
+            return False
+        except Exception:  # never let a reload take the process down
+            self.core.counters["tls.reload_failed"] += 1
+            log.failure("TLS reload failed, keeping the previous certificate")
+            return False
+        cert = self.tls.certificate()
+        self.core.counters["tls.reloaded"] += 1
+        log.info("TLS certificate reloaded: subject {subject}, serial {serial}, not after "
+                 "{not_after}", subject=cert.subject.rfc4514_string(),
+                 serial=f"{cert.serial_number:x}", not_after=cert.not_valid_after_utc.isoformat())
+        return True
+
+    def stop_listening(self) -> None:
+        for p in self.ports:
+            p.stopListening()
+
+
+def start(config: Config, reactor: Any) -> Service:
+    """Open every enabled listener on ``reactor``; returns the running :class:`Service`.
 
     Raises ConfigError when TLS files are unusable and OSError (``CannotListenError``) when a
     port cannot be bound; nothing is left listening in either case.
     """
     ids = IdSource()
     core = StatelessCore(new_tag=ids.tag, limits=limits_from(config))
-    tls_factory = None
-    ports: list[IListeningPort] = []
+    service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters))
     try:
         for interface in (config.interfaces.external, config.interfaces.internal):
             for listener in interface.listeners():
@@ -57,21 +113,22 @@ def start(config: Config, reactor: Any) -> tuple[StatelessCore, list[IListeningP
                         interface=listener.address, maxPacketSize=65535)
                 elif listener.transport == "tcp":
                     port = reactor.listenTCP(listener.port, SipStreamFactory(
-                        core, interface.name, config.limits.max_buffered_bytes),
+                        core, interface.name, service.guard, reactor),
                         interface=listener.address)
                 else:
-                    if tls_factory is None:
-                        tls_factory = server_context_factory(_tls_files(config))
-                    port = reactor.listenSSL(listener.port, SipStreamFactory(
-                        core, interface.name, config.limits.max_buffered_bytes),
-                        tls_factory, interface=listener.address)
-                ports.append(port)
+                    if service.tls is None:
+                        service.tls = ReloadableServerContext(_tls_files(config))
+                    streams = SipStreamFactory(core, interface.name, service.guard, reactor,
+                                               tls=True)
+                    port = reactor.listenTCP(listener.port,
+                                             SipTlsFactory(service.tls, streams, reactor),
+                                             interface=listener.address)
+                service.ports.append(port)
                 log.info("listening: {listener}", listener=str(listener))
     except BaseException:
-        for p in ports:
-            p.stopListening()
+        service.stop_listening()
         raise
-    return core, ports
+    return service
 
 
 def _tls_files(config: Config) -> TlsFiles:
@@ -91,7 +148,7 @@ def run(config: Config) -> int:
     log.info("sbc {version} starting (node {node}, config {source})", version=__version__,
              node=config.node.id, source=config.source)
     try:
-        core, _ports = start(config, reactor)
+        service = start(config, reactor)
     except ConfigError as e:
         log.error("cannot start: {error}", error=str(e))
         return 2
@@ -102,9 +159,18 @@ def run(config: Config) -> int:
     log.warn("signalling is answered statelessly in this build: OPTIONS 200, other requests "
              "503 (no B2BUA routing to the PBX yet)")
 
+    core = service.core
+
     def log_counters() -> None:
         if core.counters:
             log.info("counters: {counters}", counters=dict(sorted(core.counters.items())))
+
+    def on_sighup(signum: int, frame: Any) -> None:
+        # A signal handler may run between any two bytecodes: hand the work to the reactor.
+        reactor.callFromThread(service.reload_tls)
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_sighup)
 
     loop = task.LoopingCall(log_counters)
     loop.clock = reactor

@@ -3,17 +3,27 @@
 TLS 1.2 is the floor (1.3 preferred, negotiated by OpenSSL), compression and renegotiation are
 off, the cipher list is forward-secret AEAD only.  The certificate chain and key come from PEM
 files; optional mutual TLS verifies clients against a CA bundle.
+
+Listeners get a :class:`ReloadableServerContext`: Twisted's ``TLSMemoryBIOFactory`` asks its
+connection creator for a new ``SSL.Connection`` for every accepted socket
+(``serverConnectionForTLS``), so swapping the options object inside it makes new handshakes use
+re-read files while established connections keep the context they were built with.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from sbc.errors import ConfigError
 
@@ -62,16 +72,89 @@ def server_context_factory(files: TlsFiles) -> ssl.CertificateOptions:
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=_MIN_VERSIONS[files.min_version],
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
-        verify=files.require_client_certificate,
+        # With a CA bundle clients are asked for a certificate, and one that does not chain to
+        # the bundle fails the handshake; without one only require_client_certificate refuses.
+        verify=ca_certs is not None,
         requireCertificate=files.require_client_certificate,
-        caCerts=ca_certs if files.require_client_certificate else None,
+        caCerts=ca_certs,
         enableSessions=False,
     )
-    ctx = options.getContext()  # built once and cached by CertificateOptions
-    ctx.set_options(SSL.OP_NO_COMPRESSION | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
     try:
+        ctx = options.getContext()  # built once and cached by CertificateOptions
+        ctx.set_options(SSL.OP_NO_COMPRESSION | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
         ctx.check_privatekey()
     except SSL.Error:
         raise ConfigError(f"private key {files.private_key} does not match certificate "
                           f"{files.certificate}") from None
     return options
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerContext:
+    """The TLS connection creator of every listener; :meth:`reload` swaps in re-read files.
+
+    Each accepted socket gets its ``SSL.Connection`` from the options current at accept time, so
+    a reload affects new handshakes only.  A reload that fails leaves the old options in place.
+    """
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self.options = server_context_factory(files)
+        self.generation = 1
+
+    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:  # noqa: N802 (Twisted)
+        return self.options.serverConnectionForTLS(protocol)
+
+    def reload(self) -> None:
+        """Re-read the certificate, key and CA bundle; raises ConfigError and keeps the old."""
+        self.options = server_context_factory(self.files)
+        self.generation += 1
+
+    def certificate(self) -> x509.Certificate:
+        """The leaf certificate new handshakes present."""
+        return self.options.certificate.to_cryptography()
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    """What a verified client certificate says about its holder, for routing and rules.
+
+    ``names`` lists the subjectAltName DNS names, then IP addresses, then URIs, then the CN
+    (RFC 5922 7.1 prefers the SANs; the CN is a fallback for old trunks).
+    """
+
+    common_name: str | None
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    uris: tuple[str, ...]
+    serial: int
+    sha256: str  # hex fingerprint of the DER certificate
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        cn = (self.common_name,) if self.common_name else ()
+        return (*self.dns_names, *self.ip_addresses, *self.uris, *cn)
+
+
+def peer_identity(cert: x509.Certificate) -> PeerIdentity:
+    """The identity in a peer certificate (one that the handshake has already verified)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+        ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))
+        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+    except x509.ExtensionNotFound:
+        dns, ips, uris = (), (), ()
+    except ValueError:  # a malformed extension: trust nothing in it
+        dns, ips, uris = (), (), ()
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = cns[0].value if cns else None
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return PeerIdentity(
+        common_name=cn if isinstance(cn, str) else None,
+        dns_names=dns,
+        ip_addresses=ips,
+        uris=uris,
+        serial=cert.serial_number,
+        sha256=hashlib.sha256(der).hexdigest(),
+    )

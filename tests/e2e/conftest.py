@@ -7,6 +7,7 @@ Readiness is polled with OPTIONS for a bounded number of attempts.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -131,3 +132,35 @@ def wait_until(predicate, attempts: int = 50, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+@contextlib.contextmanager
+def launched_sbc(base: Path, config_text: str, certs: Path, ports: dict[str, int]):
+    """Start ``sbc run`` with ``config_text`` written to ``base``; yield it; SIGTERM at the end.
+
+    ``ports`` needs ``sip`` (a UDP listener on 127.0.0.1, used for the readiness probe), ``tls``
+    and ``internal``.
+    """
+    config = base / "sbc.yaml"
+    config.write_text(config_text)
+    log = base / "sbc.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([SBC, "run", "-c", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    sbc = SbcProcess(proc, ports["sip"], ports["tls"], ports["internal"], certs, log)
+    try:
+        for attempt in range(100):  # bounded: about 10 s
+            if not sbc.alive():
+                pytest.fail(f"sbc exited early:\n{log.read_text()}")
+            if sbc.udp_exchange(options(f"ready{attempt}"), timeout=0.1):
+                break
+        else:
+            pytest.fail(f"sbc never answered OPTIONS:\n{log.read_text()}")
+        yield sbc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
