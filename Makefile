@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= deploy/sbc.example.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test deps check-config lint typecheck bench bench-sip fuzz clean
+.PHONY: run test deps check-config lint typecheck bench bench-sip bench-signalling fuzz clean
 
 $(VENV)/.stamp-runtime: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -49,10 +49,13 @@ typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 
 ## bench: every benchmark (figures, never pass/fail)
-bench: bench-sip
+bench: bench-sip bench-signalling
 
 bench-sip: $(VENV)/.stamp-runtime
 	$(BIN)/python bench/bench_sip_parse.py
+
+bench-signalling: $(VENV)/.stamp-runtime
+	$(BIN)/python bench/bench_signalling.py
 
 ## fuzz: the deep hypothesis profile (100k+ examples per property)
 fuzz: $(VENV)/.stamp-test
