@@ -5,10 +5,11 @@ Each call is sipp's built-in UAC scenario (INVITE, 100, 180, 200, ACK, a short h
 against sipp's built-in UAS, on 127.0.0.1.  The rate is raised until calls fail or sipp falls
 behind, then narrowed by bisection; each step runs ``--duration`` seconds of calls.
 
-Today this measures the baseline only: sipp UAC straight to sipp UAS.  The run through sbc
-(``sipp UAC -> sbc -> sipp UAS``, measured in the same run and reported as a ratio, with the
-SBC's CPU per call) needs the B2BUA that relays to the PBX, which is not built yet; the
-harness is here so both figures come from one command once it is.
+It measures twice in one run: the baseline, sipp UAC straight to sipp UAS, then the same
+search through sbc (``sipp UAC -> sbc run -> sipp UAS``, the UAS as the PBX, sbc's external and
+internal interfaces on UDP whatever the UAC's transport), and reports both maxima, their ratio
+and the SBC's CPU seconds per call (utime + stime of the sbc process from /proc, over the steps
+that passed).
 
     python bench/bench_signalling.py [--duration 5] [--hold-ms 100] [--transport u1] [--json]
 """
@@ -39,6 +40,7 @@ class Step:
     achieved_cps: float
     uas_cpu_s: float
     hold_s: float
+    sbc_cpu_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -67,9 +69,10 @@ def _cumulative(text: str, label: str) -> float:
 
 
 def run_step(sipp: str, uas_pid: int, target: str, rate: int, duration: float, hold_ms: int,
-             transport: str, workdir: Path) -> Step:
+             transport: str, workdir: Path, sbc_pid: int | None = None) -> Step:
     calls = max(1, int(rate * duration))
     cpu0 = cpu_seconds(uas_pid)
+    sbc0 = cpu_seconds(sbc_pid) if sbc_pid else 0.0
     cmd = [sipp, "-sn", "uac", target, "-i", "127.0.0.1", "-p", str(free_port()), "-t", transport,
            "-r", str(rate), "-m", str(calls), "-d", str(hold_ms), "-nostdin",
            "-timeout", str(int(duration * 4 + 20)), "-timeout_error", "-max_socket", "2000"]
@@ -77,17 +80,18 @@ def run_step(sipp: str, uas_pid: int, target: str, rate: int, duration: float, h
                          timeout=duration * 6 + 60).stdout
     return Step(rate, calls, int(_cumulative(out, "Successful call")),
                 int(_cumulative(out, "Failed call")), _cumulative(out, "Call Rate"),
-                round(cpu_seconds(uas_pid) - cpu0, 3), hold_ms / 1000)
+                round(cpu_seconds(uas_pid) - cpu0, 3), hold_ms / 1000,
+                round(cpu_seconds(sbc_pid) - sbc0, 3) if sbc_pid else 0.0)
 
 
 def find_max_rate(sipp: str, uas_pid: int, target: str, args: argparse.Namespace,
-                  workdir: Path) -> tuple[int, list[Step]]:
+                  workdir: Path, sbc_pid: int | None = None) -> tuple[int, list[Step]]:
     steps: list[Step] = []
     good, bad = 0, None
     rate = args.start_rate
     while bad is None and rate <= args.max_rate:  # bounded: doubling up to --max-rate
         step = run_step(sipp, uas_pid, target, rate, args.duration, args.hold_ms, args.transport,
-                        workdir)
+                        workdir, sbc_pid)
         steps.append(step)
         if step.ok:
             good, rate = rate, rate * 2
@@ -99,10 +103,96 @@ def find_max_rate(sipp: str, uas_pid: int, target: str, args: argparse.Namespace
                 break
             mid = (good + bad) // 2
             step = run_step(sipp, uas_pid, target, mid, args.duration, args.hold_ms,
-                            args.transport, workdir)
+                            args.transport, workdir, sbc_pid)
             steps.append(step)
             good, bad = (mid, bad) if step.ok else (good, mid)
     return good, steps
+
+
+SBC_CONFIG = """\
+node: {{id: bench}}
+logging: {{format: text, level: warn}}
+interfaces:
+  external:
+    address: 127.0.0.1
+    udp: {{enabled: true, port: {sip}}}
+    tcp: {{enabled: true, port: {sip}}}
+    tls: {{enabled: false, port: {tls}}}
+  internal:
+    address: 127.0.0.1
+    udp: {{enabled: true, port: {internal}}}
+limits:
+  max_connections_per_ip: 10000
+  new_connections_per_second_per_ip: 100000
+pbx: {{address: 127.0.0.1, port: {pbx}, transport: udp}}
+"""
+
+
+def sbc_command() -> list[str]:
+    script = Path(sys.executable).with_name("sbc")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("sbc")
+    return [found] if found else [sys.executable, "-m", "sbc.app.cli"]
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Poll the SBC with OPTIONS over UDP, a bounded number of times."""
+    for attempt in range(100):
+        if proc.poll() is not None:
+            return False
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.1)
+            s.sendto((f"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKready{attempt};rport\r\n"
+                      f"From: <sip:b@127.0.0.1>;tag=b\r\nTo: <sip:127.0.0.1>\r\n"
+                      f"Call-ID: ready{attempt}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                      f"Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", port))
+            try:
+                s.recv(65535)
+                return True
+            except TimeoutError:
+                continue
+    return False
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(sipp: str, args: argparse.Namespace, workdir: Path,
+            through_sbc: bool) -> tuple[int, list[Step]]:
+    """Start a sipp UAS (and, through_sbc, an sbc in front of it) and search the max rate."""
+    uas_port = free_port()
+    uas_transport = "u1" if through_sbc else args.transport  # sbc reaches the PBX over UDP
+    uas = subprocess.Popen([sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port),
+                            "-t", uas_transport, "-nostdin", "-max_socket", "2000"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           stdin=subprocess.DEVNULL, cwd=workdir)
+    sbc = None
+    try:
+        target = f"127.0.0.1:{uas_port}"
+        if through_sbc:
+            ports = dict(sip=free_port(), tls=free_port(), internal=free_port(), pbx=uas_port)
+            config = workdir / "sbc.yaml"
+            config.write_text(SBC_CONFIG.format(**ports))
+            with (workdir / "sbc.log").open("wb") as log:
+                sbc = subprocess.Popen([*sbc_command(), "run", "-c", str(config)], stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            if not wait_ready(ports["sip"], sbc):
+                raise RuntimeError("sbc did not start:\n" + (workdir / "sbc.log").read_text())
+            target = f"127.0.0.1:{ports['sip']}"
+        return find_max_rate(sipp, uas.pid, target, args, workdir,
+                             sbc.pid if sbc is not None else None)
+    finally:
+        if sbc is not None:
+            stop(sbc)
+        stop(uas)
 
 
 def main() -> int:
@@ -121,23 +211,20 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        uas_port = free_port()
-        uas = subprocess.Popen([sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port),
-                                "-t", args.transport, "-nostdin", "-max_socket", "2000"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL, cwd=workdir)
-        try:
-            best, steps = find_max_rate(sipp, uas.pid, f"127.0.0.1:{uas_port}", args, workdir)
-        finally:
-            uas.terminate()
-            try:
-                uas.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                uas.kill()
+        best, steps = measure(sipp, args, workdir, through_sbc=False)
+        sbc_best, sbc_steps = measure(sipp, args, workdir, through_sbc=True)
+    passed = [s for s in sbc_steps if s.ok]
+    calls = sum(s.successful for s in passed)
+    cpu_per_call = sum(s.sbc_cpu_s for s in passed) / calls if calls else None
+    ratio = round(sbc_best / best, 3) if best else None
     result = {"baseline": "sipp UAC -> sipp UAS (direct)", "transport": args.transport,
               "hold_ms": args.hold_ms, "max_cps_under_1pct_failed": best,
-              "through_sbc": "not measured: the B2BUA relay is not built yet",
-              "steps": [asdict(s) | {"ok": s.ok} for s in steps]}
+              "through_sbc": "sipp UAC -> sbc -> sipp UAS (UDP to the PBX)",
+              "through_sbc_max_cps_under_1pct_failed": sbc_best,
+              "ratio_through_sbc_to_direct": ratio,
+              "sbc_cpu_s_per_call": None if cpu_per_call is None else round(cpu_per_call, 6),
+              "steps": [asdict(s) | {"ok": s.ok} for s in steps],
+              "sbc_steps": [asdict(s) | {"ok": s.ok} for s in sbc_steps]}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -147,7 +234,15 @@ def main() -> int:
             print(f"  rate {s.rate:>6}: {s.successful}/{s.calls} ok, {s.failed} failed, "
                   f"achieved {s.achieved_cps:.1f} cps, UAS CPU {s.uas_cpu_s}s "
                   f"{'ok' if s.ok else 'FAIL'}")
-        print("through sbc: not measured yet (needs the B2BUA)")
+        print(f"through sbc sipp->sbc->sipp ({args.transport} to sbc, UDP to the PBX): "
+              f"max {sbc_best} calls/s with <1% failed")
+        for s in sbc_steps:
+            print(f"  rate {s.rate:>6}: {s.successful}/{s.calls} ok, {s.failed} failed, "
+                  f"achieved {s.achieved_cps:.1f} cps, UAS CPU {s.uas_cpu_s}s, "
+                  f"SBC CPU {s.sbc_cpu_s}s {'ok' if s.ok else 'FAIL'}")
+        print(f"ratio through sbc / direct: {ratio}")
+        per_call = "n/a" if cpu_per_call is None else f"{cpu_per_call * 1000:.3f} ms"
+        print(f"sbc CPU per call (steps that passed): {per_call}")
     return 0
 
 

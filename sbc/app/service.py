@@ -1,9 +1,12 @@
 """Composition root: turn a validated :class:`~sbc.config.Config` into listening sockets.
 
 What runs today: every enabled listener of both interfaces (UDP, TCP, TLS) with the SIP parser,
-stream framing, keepalives and the stateless core (:mod:`sbc.gateway.stateless`): malformed
-traffic gets its 4xx or a counted drop, OPTIONS is answered, other requests get 503 with
-Retry-After until the B2BUA lands.  Counters are logged every minute and at shutdown.
+stream framing, keepalives, the stateless core (:mod:`sbc.gateway.stateless`) and the B2BUA
+(:mod:`sbc.gateway.b2bua`) behind one :class:`~sbc.net.driver.Driver`: malformed traffic gets
+its 4xx or a counted drop; calls from the external side (INVITE, ACK, BYE, CANCEL) are relayed
+to the PBX over UDP with topology hiding; OPTIONS is answered 200; other external requests
+(REGISTER, SUBSCRIBE, ...) still get 503 with Retry-After.  Counters are logged every minute
+and at shutdown.
 
 TCP and TLS connections are admitted and timed by one :class:`~sbc.net.limits.ConnectionGuard`
 (``limits.*``).  SIGHUP re-reads the TLS certificate, key and CA bundle
@@ -24,8 +27,10 @@ from twisted.logger import Logger
 from sbc import __version__
 from sbc.config import Config
 from sbc.errors import ConfigError
+from sbc.gateway.b2bua import B2BUA
 from sbc.gateway.stateless import StatelessCore
 from sbc.ids import IdSource
+from sbc.net.driver import Driver, b2bua_settings_from
 from sbc.net.limits import ConnectionGuard, StreamLimits
 from sbc.net.tls import ReloadableServerContext, TlsFiles
 from sbc.net.transport import SipDatagramProtocol, SipStreamFactory, SipTlsFactory
@@ -60,10 +65,12 @@ def stream_limits_from(config: Config) -> StreamLimits:
 
 @dataclass
 class Service:
-    """What :func:`start` opened: the core, the connection guard, the ports, the TLS context."""
+    """What :func:`start` opened: the core, the connection guard, the ports, the TLS context
+    and the driver of the B2BUA."""
 
     core: StatelessCore
     guard: ConnectionGuard
+    driver: Driver | None = None
     ports: list[IListeningPort] = field(default_factory=list)
     tls: ReloadableServerContext | None = None
 
@@ -93,33 +100,39 @@ class Service:
     def stop_listening(self) -> None:
         for p in self.ports:
             p.stopListening()
+        if self.driver is not None:
+            self.driver.stop()
 
 
 def start(config: Config, reactor: Any) -> Service:
     """Open every enabled listener on ``reactor``; returns the running :class:`Service`.
 
-    Raises ConfigError when TLS files are unusable and OSError (``CannotListenError``) when a
+    Raises ConfigError when TLS files are unusable or the PBX is not reached over UDP (outbound
+    TCP/TLS towards the PBX comes later), and OSError (``CannotListenError``) when a
     port cannot be bound; nothing is left listening in either case.
     """
     ids = IdSource()
+    settings = b2bua_settings_from(config)
     core = StatelessCore(new_tag=ids.tag, limits=limits_from(config))
-    service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters))
+    driver = Driver(B2BUA(settings, ids), core, reactor)
+    service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
+                      driver=driver)
     try:
         for interface in (config.interfaces.external, config.interfaces.internal):
             for listener in interface.listeners():
                 if listener.transport == "udp":
                     port = reactor.listenUDP(
-                        listener.port, SipDatagramProtocol(core, interface.name),
+                        listener.port, SipDatagramProtocol(core, interface.name, driver),
                         interface=listener.address, maxPacketSize=65535)
                 elif listener.transport == "tcp":
                     port = reactor.listenTCP(listener.port, SipStreamFactory(
-                        core, interface.name, service.guard, reactor),
+                        core, interface.name, service.guard, reactor, driver=driver),
                         interface=listener.address)
                 else:
                     if service.tls is None:
                         service.tls = ReloadableServerContext(_tls_files(config))
                     streams = SipStreamFactory(core, interface.name, service.guard, reactor,
-                                               tls=True)
+                                               tls=True, driver=driver)
                     port = reactor.listenTCP(listener.port,
                                              SipTlsFactory(service.tls, streams, reactor),
                                              interface=listener.address)
@@ -156,8 +169,11 @@ def run(config: Config) -> int:
         log.error("cannot listen on {address}:{port}: {reason}", address=e.interface or "*",
                   port=e.port, reason=str(e.socketError))
         return 1
-    log.warn("signalling is answered statelessly in this build: OPTIONS 200, other requests "
-             "503 (no B2BUA routing to the PBX yet)")
+    log.warn("this build relays calls from the external side to the PBX {pbx} over UDP "
+             "(INVITE, ACK, BYE, CANCEL; SDP c=/m= not rewritten: no media relay yet); OPTIONS "
+             "is answered 200; REGISTER and other requests get 503 (no registration relay "
+             "yet); calls from the PBX to users are refused (404)",
+             pbx=f"{config.pbx.address}:{config.pbx.port}")
 
     core = service.core
 

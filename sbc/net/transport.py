@@ -1,6 +1,9 @@
 """Twisted edge for SIP transports: UDP datagrams and TCP/TLS streams into the core.
 
-Each protocol hands bytes to the pure core and writes back what it returns.  Nothing here
+Each protocol hands bytes to the pure core and writes back what it returns; with a
+:class:`~sbc.net.driver.Driver`, well-formed messages go to the driver instead, which routes them
+to the B2BUA or the stateless core and writes the B2BUA's output itself (through the UDP
+transport, or a stream protocol registered with it while its connection lives).  Nothing here
 interprets SIP; a failure inside the core is logged and counted, never allowed to kill the
 reactor.
 
@@ -21,7 +24,7 @@ Each trip is aborted and counted per source address through the guard.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 from twisted.internet import protocol
@@ -42,18 +45,32 @@ from sbc.net import limits as ev
 from sbc.net.limits import ConnectionGuard
 from sbc.net.tls import PeerIdentity, peer_identity
 from sbc.sip.framing import CRLF_PONG, NEED_DATA, PING, PONG, StreamFramer
+from sbc.sip.message import parse_message
+
+if TYPE_CHECKING:
+    from sbc.net.driver import Driver
 
 log = Logger(namespace="sbc.net")
 
 
 class SipDatagramProtocol(protocol.DatagramProtocol):
-    """SIP over UDP: one datagram, one message."""
+    """SIP over UDP: one datagram, one message.
+
+    With a :class:`~sbc.net.driver.Driver`, well-formed messages go through it (it decides
+    between the B2BUA and the stateless core); without one, everything is stateless.
+    """
 
     noisy = False
 
-    def __init__(self, core: StatelessCore, interface: str) -> None:
+    def __init__(self, core: StatelessCore, interface: str,
+                 driver: Driver | None = None) -> None:
         self.core = core
         self.interface = interface
+        self.driver = driver
+
+    def startProtocol(self) -> None:  # noqa: N802 (Twisted API)
+        if self.driver is not None:
+            self.driver.add_udp(self.interface, self.transport)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
         source = (addr[0], addr[1])
@@ -61,7 +78,15 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
             self.core.counters["keepalive.udp"] += 1  # NAT keepalives; nothing to answer
             return
         try:
-            out = self.core.receive_datagram(data, source)
+            if self.driver is None:
+                out = self.core.receive_datagram(data, source)
+            else:
+                try:
+                    msg = parse_message(data, self.core.limits)
+                except SipParseError as err:
+                    out = self.core.receive_error(err, source)
+                else:
+                    out = self.driver.receive(msg, self.interface, "udp", source)
         except Exception:
             self.core.counters["internal.error"] += 1
             log.failure("core failed on a datagram from {source}", source=source[0])
@@ -84,6 +109,7 @@ class SipStreamProtocol(protocol.Protocol):
         self.core = factory.core
         self.interface = factory.interface
         self.guard = factory.guard
+        self.driver = factory.driver
         self.clock = factory.clock
         self.tls = factory.tls
         self.max_buffered = factory.guard.limits.max_buffered_bytes
@@ -105,6 +131,8 @@ class SipStreamProtocol(protocol.Protocol):
         self.source = (getattr(peer, "host", self.source[0]), getattr(peer, "port", self.source[1]))
         self.last_received = self.clock.seconds()
         self.transport.registerProducer(self, True)
+        if self.driver is not None:
+            self.driver.stream_made(self.interface, self.source, self)
         if self.tls:
             self._arm(self.guard.limits.tls_handshake_timeout, self._handshake_timed_out)
         else:
@@ -137,6 +165,8 @@ class SipStreamProtocol(protocol.Protocol):
             return
         self._lost = True
         self._cancel_timer()
+        if self.driver is not None:
+            self.driver.stream_lost(self.interface, self.source, self)
         if (self.tls and not self.handshake_done and self.closed_by is None
                 and reason is not None and reason.check(SSL.Error)):
             self.guard.record(self.source[0], ev.TLS_HANDSHAKE_FAILED)
@@ -232,7 +262,11 @@ class SipStreamProtocol(protocol.Protocol):
                     continue
                 if event is PONG:
                     continue
-                out = self.core.receive_message(event, self.source)  # type: ignore[arg-type]
+                if self.driver is None:
+                    out = self.core.receive_message(event, self.source)  # type: ignore[arg-type]
+                else:
+                    out = self.driver.receive(event, self.interface,  # type: ignore[arg-type]
+                                              "tls" if self.tls else "tcp", self.source)
                 if out is not None:
                     self.send(out)
         except Exception:
@@ -257,12 +291,14 @@ class SipStreamFactory(protocol.Factory):
         clock: IReactorTime,
         *,
         tls: bool = False,
+        driver: Driver | None = None,
     ) -> None:
         self.core = core
         self.interface = interface
         self.guard = guard
         self.clock = clock
         self.tls = tls
+        self.driver = driver
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:  # noqa: N802
         ip = getattr(addr, "host", "")

@@ -36,11 +36,6 @@ def test_sipp_options_answered(sbc_process, transport):
     assert "Successful call" in out
 
 
-def test_sipp_invite_gets_503_until_routing_exists(sbc_process):
-    """An INVITE from sipp gets 503 with Retry-After (no B2BUA routing in this build), then ACK."""
-    run_sipp(sbc_process, "invite_unrouted.xml", "u1", calls=3)
-
-
 def test_udp_answer_goes_to_source_with_received_and_rport(sbc_process):
     """The answer comes back to the source port, with received and rport filled in (RFC 3581)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

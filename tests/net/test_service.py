@@ -20,7 +20,7 @@ interfaces:
     tcp: {enabled: true, port: 5060}
     tls: {enabled: true, port: 5061}
   internal:
-    udp: {enabled: false}
+    udp: {enabled: true, port: 5080}
     tcp: {enabled: true, port: 5080}
 limits: {max_connections_per_ip: 2, idle_timeout: 5}
 tls: {certificate: server.crt, private_key: server.key}
@@ -32,6 +32,7 @@ def test_listeners_share_one_guard_and_reload_tls_swaps_or_keeps_the_context(tmp
     certs.init_dev_certs(tmp_path)
     (tmp_path / "sbc.yaml").write_text(CONFIG)
     reactor = MemoryReactorClock()
+    reactor.listenUDP = lambda port, proto, **kw: None  # type: ignore[attr-defined]
     service = start(load_config(tmp_path / "sbc.yaml"), reactor)
     factories = {port: factory for port, factory, _, _ in reactor.tcpServers}
     assert isinstance(factories[5060], SipStreamFactory)

@@ -1,0 +1,217 @@
+"""The driver: one B2BUA and the stateless core, driven from the Twisted edge.
+
+Theory of operation
+-------------------
+The transport protocols (:mod:`sbc.net.transport`) parse and frame; each well-formed message
+comes here with the interface, the transport and the source address it arrived on.  The driver
+stamps ``now`` from the injected clock (``IReactorTime.seconds()``), picks the core, and writes
+what the core asks for:
+
+* external interface: INVITE, ACK, BYE, CANCEL and every response go to the :class:`B2BUA`;
+  OPTIONS is answered 200 by the :class:`StatelessCore`; any other request (REGISTER,
+  SUBSCRIBE, MESSAGE, ...) still gets the stateless ``503`` + ``Retry-After`` (registration
+  relay is not wired yet);
+* internal interface (the PBX side): everything goes to the B2BUA (responses, in-dialog BYE;
+  an INVITE from the PBX is answered 404 and other requests outside a call 405 by the B2BUA).
+
+Malformed traffic never reaches the driver: the protocols hand it to
+:meth:`StatelessCore.receive_error` as before.
+
+After every input the driver drains :meth:`B2BUA.commands` and writes each :class:`Send`:
+over UDP through the interface's UDP listener (``transport.write(bytes, (host, port))``), over
+TCP/TLS back through the live stream connection the peer used, looked up by (interface, peer
+host, peer port).  There is no such connection when the peer has gone; the message is counted
+(``driver.no_connection``) and dropped.  Opening outbound TCP/TLS connections (towards the PBX,
+or back to a phone whose connection closed) is not done in this slice: the PBX is reached over
+UDP only, which :func:`b2bua_settings_from` enforces.
+
+It keeps exactly one ``callLater`` armed at :meth:`B2BUA.get_timer`, re-armed after every input
+and every firing.  An exception inside a core is logged and counted (``internal.error``) and
+never reaches the reactor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from sbc.errors import ConfigError
+from sbc.gateway.b2bua import (
+    B2BUA,
+    EXTERNAL,
+    INTERNAL,
+    B2buaSettings,
+    Origin,
+    SipAddress,
+)
+from sbc.gateway.stateless import StatelessCore
+from sbc.sip.message import Request, Response
+from sbc.sip.transaction import TimerSettings
+
+if TYPE_CHECKING:
+    from sbc.config import Config
+
+log = Logger(namespace="sbc.driver")
+
+B2BUA_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL"})  # external requests relayed
+
+Address = tuple[str, int]
+
+
+def b2bua_settings_from(config: Config) -> B2buaSettings:
+    """The B2BUA's addresses and timers from the configuration.
+
+    Raises ConfigError when the PBX is not reached over UDP or the internal interface has no
+    UDP listener (outbound TCP/TLS towards the PBX comes later), or when the external interface
+    has no listener at all.
+    """
+    ext = config.interfaces.external
+    internal = config.interfaces.internal
+    pbx = config.pbx
+    if pbx.transport != "udp":
+        raise ConfigError(f"pbx.transport {pbx.transport!r} is not supported yet: this build "
+                          "reaches the PBX over UDP only (outbound TCP/TLS to the PBX comes "
+                          "later)", path="pbx.transport")
+    if not internal.udp.enabled:
+        raise ConfigError("the internal interface needs its UDP listener: this build reaches "
+                          "the PBX over UDP only", path="interfaces.internal.udp.enabled")
+    for transport, tc in (("udp", ext.udp), ("tcp", ext.tcp), ("tls", ext.tls)):
+        if tc.enabled:
+            external = SipAddress(ext.public_address, tc.port, transport)
+            break
+    else:
+        raise ConfigError("the external interface has no listener enabled",
+                          path="interfaces.external")
+    timers = config.timers
+    return B2buaSettings(
+        external=external,
+        internal=SipAddress(internal.address, internal.udp.port, "udp"),
+        pbx=SipAddress(pbx.address, pbx.port, "udp"),
+        domain=pbx.address,
+        timers=TimerSettings(t1=timers.t1, t2=timers.t2, t4=timers.t4),
+    )
+
+
+class Driver:
+    """Feeds one :class:`B2BUA` and one :class:`StatelessCore` and writes what they return."""
+
+    def __init__(self, b2bua: B2BUA, core: StatelessCore, clock: IReactorTime) -> None:
+        self.b2bua = b2bua
+        self.core = core
+        self.clock = clock
+        self.counters = core.counters
+        self.udp: dict[str, Any] = {}  # interface -> a transport with write(bytes, addr)
+        self.streams: dict[tuple[str, str, int], Any] = {}  # (interface, host, port) -> protocol
+        self._timer: IDelayedCall | None = None
+        self._timer_at: float | None = None
+
+    # -- sockets ---------------------------------------------------------------------------
+
+    def add_udp(self, interface: str, transport: Any) -> None:
+        """The UDP transport of ``interface`` (one per interface)."""
+        self.udp[interface] = transport
+
+    def stream_made(self, interface: str, source: Address, stream: Any) -> None:
+        """A TCP/TLS connection from ``source`` is live; ``stream.send(bytes)`` writes to it."""
+        self.streams[(interface, source[0], source[1])] = stream
+
+    def stream_lost(self, interface: str, source: Address, stream: Any) -> None:
+        key = (interface, source[0], source[1])
+        if self.streams.get(key) is stream:
+            del self.streams[key]
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def receive(
+        self,
+        message: Request | Response,
+        interface: str,
+        transport: str,
+        source: Address,
+    ) -> bytes | None:
+        """A well-formed message; returns a stateless answer for ``source``, if any (B2BUA
+        output is written by the driver itself)."""
+        if (interface == EXTERNAL and isinstance(message, Request)
+                and message.method not in B2BUA_METHODS):
+            return self.core.receive_message(message, source)
+        if isinstance(message, Request):
+            self.counters[f"request.{message.method}"] += 1
+        else:
+            self.counters["response.relayed"] += 1
+        now = self.clock.seconds()
+        try:
+            self.b2bua.receive(message, Origin(interface, transport, source[0], source[1]), now)
+        except Exception:
+            self.counters["internal.error"] += 1
+            log.failure("b2bua failed on a message from {source}", source=source[0])
+        self._flush()
+        return None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.b2bua.handle_timer(self.clock.seconds())
+        except Exception:
+            self.counters["internal.error"] += 1
+            log.failure("b2bua failed on a timer")
+        self._flush()
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        try:
+            commands = self.b2bua.commands()
+        except Exception:
+            self.counters["internal.error"] += 1
+            log.failure("b2bua failed to hand over its commands")
+            commands = []
+        for command in commands:
+            try:
+                self._send(command.interface, command.transport, command.destination,
+                           command.message.to_bytes())
+            except Exception:
+                self.counters["internal.error"] += 1
+                log.failure("cannot send to {destination}", destination=command.destination[0])
+        self._rearm()
+
+    def _send(self, interface: str, transport: str, destination: Address, data: bytes) -> None:
+        if transport.lower() == "udp":
+            udp = self.udp.get(interface)
+            if udp is None:
+                self.counters["driver.no_udp_listener"] += 1
+                return
+            udp.write(data, destination)
+        else:
+            stream = self.streams.get((interface, destination[0], destination[1]))
+            if stream is None:
+                self.counters["driver.no_connection"] += 1
+                return
+            stream.send(data)
+        self.counters[f"sent.{interface}"] += 1
+
+    def _rearm(self) -> None:
+        try:
+            when = self.b2bua.get_timer()
+        except Exception:
+            self.counters["internal.error"] += 1
+            log.failure("b2bua failed to give its next deadline")
+            when = None
+        if when == self._timer_at and self._timer is not None and self._timer.active():
+            return
+        self.stop()
+        if when is not None:
+            self._timer_at = when
+            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+
+    def stop(self) -> None:
+        """Cancel the timer (at shutdown)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+
+__all__ = ["B2BUA_METHODS", "INTERNAL", "Driver", "b2bua_settings_from"]
