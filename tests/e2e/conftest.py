@@ -99,29 +99,10 @@ def sbc_process(tmp_path_factory: pytest.TempPathFactory):
     subprocess.run([SBC, "certs", "init", "--dir", str(certs)], check=True,
                    capture_output=True, timeout=60)
     ports = dict(sip=free_port(), tls=free_port(), internal=free_port(socket.SOCK_DGRAM))
-    config = base / "sbc.yaml"
-    config.write_text(CONFIG.format(certs=certs, **ports))
-    log = base / "sbc.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([SBC, "run", "-c", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    sbc = SbcProcess(proc, ports["sip"], ports["tls"], ports["internal"], certs, log)
     try:
-        for attempt in range(100):  # bounded: about 10 s
-            if not sbc.alive():
-                pytest.fail(f"sbc exited early:\n{log.read_text()}")
-            if sbc.udp_exchange(options(f"ready{attempt}"), timeout=0.1):
-                break
-        else:
-            pytest.fail(f"sbc never answered OPTIONS:\n{log.read_text()}")
-        yield sbc
+        with launched_sbc(base, CONFIG.format(certs=certs, **ports), certs, ports) as sbc:
+            yield sbc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(certs, ignore_errors=True)
 
 
