@@ -250,6 +250,10 @@ class B2BUA:
             INTERNAL: TransactionLayer(settings.timers),
         }
         self.calls: dict[tuple[str, str, str], Call] = {}
+        # Per-event work must not grow with the number of calls: live calls and the calls with
+        # a CANCEL give-up timer are kept apart, by identity, so neither needs a scan of calls.
+        self._live: dict[int, Call] = {}
+        self._cancelling: dict[int, Call] = {}
         self._routes: dict[Transaction, _Route] = {}
         self._commands: list[Command] = []
 
@@ -263,15 +267,19 @@ class B2BUA:
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction or call, or ``None``."""
         deadlines = [layer.get_timer() for layer in self.layers.values()]
-        deadlines.extend(call.cancel_deadline for call in self._live_calls())
+        deadlines.extend(call.cancel_deadline for call in self._cancelling.values())
         return min((d for d in deadlines if d is not None), default=None)
 
     def __len__(self) -> int:
         """The number of calls in progress."""
-        return len(self._live_calls())
+        return len(self._live)
 
-    def _live_calls(self) -> list[Call]:
-        return list({id(c): c for c in self.calls.values()}.values())
+    def _set_cancel_deadline(self, call: Call, deadline: float | None) -> None:
+        call.cancel_deadline = deadline
+        if deadline is None:
+            self._cancelling.pop(id(call), None)
+        else:
+            self._cancelling[id(call)] = call
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -306,9 +314,9 @@ class B2BUA:
         for layer in self.layers.values():
             for txn in layer.handle_timer(now):
                 self._pump(txn, now)
-        for call in self._live_calls():
+        for call in list(self._cancelling.values()):
             if call.cancel_deadline is not None and call.cancel_deadline <= now:
-                call.cancel_deadline = None
+                self._set_cancel_deadline(call, None)
                 self._fail_a_leg(call, 487, now)  # RFC 3261 9.1: give up waiting after 64*T1
 
     # -- requests --------------------------------------------------------------------------
@@ -371,6 +379,7 @@ class B2BUA:
         self._routes[a_txn] = _Route(EXTERNAL, origin.transport, origin.address, call, "a-invite")
         self.calls[call.a_key] = call
         self.calls[call.b_key] = call
+        self._live[id(call)] = call
         self._pump(a_txn, now)  # the 100 Trying
         call.b_txn = self._start(b_invite, INTERNAL, s.pbx.transport, s.pbx.address, call,
                                  "b-invite", now)
@@ -407,7 +416,7 @@ class B2BUA:
         pbx = self.settings.pbx
         self._start(cancel, INTERNAL, pbx.transport, pbx.address, call, "b-cancel", now,
                     via=False)
-        call.cancel_deadline = now + self.settings.timers.timeout
+        self._set_cancel_deadline(call, now + self.settings.timers.timeout)
 
     def _in_dialog(self, request: Request, origin: Origin, now: float) -> None:
         call = self.calls.get((origin.interface, request.call_id, request.to.tag or ""))
@@ -546,7 +555,7 @@ class B2BUA:
             self._b_2xx(call, response, now)
             return
         else:
-            call.cancel_deadline = None
+            self._set_cancel_deadline(call, None)
             if not call.a_final_sent:
                 self._relay_response(call, response, now)
             self._end_after_final(call)
@@ -567,7 +576,7 @@ class B2BUA:
             call.b_dialog = Dialog.uac(call.b_invite, response)
         except SipParseError:
             return  # a 2xx without a usable Contact cannot be ACKed: drop (RFC 3261 12.1.2)
-        call.cancel_deadline = None
+        self._set_cancel_deadline(call, None)
         call.cancel_pending = False
         if call.state is not CallState.CALLING or call.a_final_sent:
             # The A-leg already has its final (a 487 after our own timeout): hang up the B-leg.
@@ -644,10 +653,11 @@ class B2BUA:
 
     def _end(self, call: Call) -> None:
         call.state = CallState.ENDED
-        call.cancel_deadline = None
+        self._set_cancel_deadline(call, None)
         for key in (call.a_key, call.b_key):
             if self.calls.get(key) is call:
                 del self.calls[key]
+        self._live.pop(id(call), None)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -223,6 +223,9 @@ def test_basic_call_caller_hangs_up() -> None:
     assert len(p.b2bua) == 0
     p.run_until(T0 + 200)  # every transaction ends quietly
     assert p.b2bua.get_timer() is None
+    # Nothing is left behind that per-event work would have to walk (no call or route leaks).
+    assert not p.b2bua.calls and not p.b2bua._live and not p.b2bua._cancelling
+    assert not p.b2bua._routes
     assert p.to_phone() == [] and p.to_pbx() == []
     hidden(p, b_invite.call_id, b_invite.from_.tag or "")
 
