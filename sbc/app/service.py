@@ -52,15 +52,8 @@ def limits_from(config: Config) -> Limits:
 
 
 def stream_limits_from(config: Config) -> StreamLimits:
-    lc = config.limits
-    return StreamLimits(
-        max_connections=lc.max_connections,
-        max_connections_per_ip=lc.max_connections_per_ip,
-        new_connections_per_second_per_ip=lc.new_connections_per_second_per_ip,
-        tls_handshake_timeout=lc.tls_handshake_timeout,
-        idle_timeout=lc.idle_timeout,
-        max_buffered_bytes=lc.max_buffered_bytes,
-    )
+    """The connection limits: the configuration's ``limits`` section itself."""
+    return config.limits
 
 
 @dataclass

@@ -25,8 +25,9 @@ functions with explicit times.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
 from typing import Final
+
+from sbc.config.model import LimitsConfig
 
 # Decisions of :meth:`ConnectionGuard.admit`; a refusal is also the event name counted.
 ACCEPT: Final = "accept"
@@ -46,16 +47,8 @@ RATE_WINDOW = 1.0  # seconds: new_connections_per_second_per_ip counts accepts i
 MAX_TRACKED_IPS = 4096  # source addresses whose events are kept (least recently active dropped)
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
-    """The ``limits`` keys that govern TCP and TLS connections (sizes in bytes, times in s)."""
-
-    max_connections: int = 10000
-    max_connections_per_ip: int = 50
-    new_connections_per_second_per_ip: int = 20
-    tls_handshake_timeout: float = 10.0
-    idle_timeout: float = 120.0
-    max_buffered_bytes: int = 131072
+# The ``limits`` section of the configuration is what governs connections; one type serves both.
+StreamLimits = LimitsConfig
 
 
 class PerIpEvents:
