@@ -15,7 +15,7 @@ for which the SBC is the UAC).  Inputs are :meth:`B2BUA.receive` (a parsed messa
 Every message a leg carries is built here for that leg.  What crosses from the other leg goes
 through :mod:`sbc.gateway.topology` only: the end-to-end headers of
 :func:`~sbc.gateway.topology.crossing_headers` and the SDP body with its ``o=`` line replaced by
-the SBC's own (:func:`~sbc.gateway.topology.hide_sdp_origin`), ``s=`` set to ``-`` and the
+the SBC's own (:func:`~sbc.gateway.topology.hide_sdp_session`), ``s=`` set to ``-`` and the
 session-level ``i=``, ``u=``, ``e=``, ``p=`` lines dropped (they name the far side's product or
 operator).  Reason phrases are not copied (the standard phrase for the status is written), nor
 are Via, Contact, Record-Route, Call-ID, tags, CSeq, Server or User-Agent.  The ``c=`` and
@@ -68,9 +68,9 @@ from dataclasses import dataclass, field
 
 from sbc.errors import SdpError, SipParseError
 from sbc.gateway.stateless import stamp_received
-from sbc.gateway.topology import crossing_headers, hide_sdp_origin
+from sbc.gateway.topology import crossing_headers, hide_sdp_session
 from sbc.ids import IdSource
-from sbc.media.sdp import Line, SessionDescription, parse_sdp
+from sbc.media.sdp import parse_sdp
 from sbc.sip.dialog import Dialog, initial_request
 from sbc.sip.headers import Headers, NameAddr
 from sbc.sip.message import (
@@ -100,7 +100,6 @@ EXTERNAL = "external"
 INTERNAL = "internal"
 RELIABLE_TRANSPORTS = frozenset({"tcp", "tls", "sctp", "ws", "wss"})  # RFC 3261 18: no retransmits
 ALLOW = "INVITE, ACK, CANCEL, BYE"
-_SESSION_LINES_DROPPED = frozenset("iuep")  # session-level lines that describe the far side
 SDP_USERNAME = "-"  # RFC 8866 5.2: "-" when the host does not support user ids
 
 Address = tuple[str, int]
@@ -711,16 +710,8 @@ class B2BUA:
             origin.version += 1
             origin.last = source.body
         own = self.settings.external if to_side == EXTERNAL else self.settings.internal
-        hide_sdp_origin(sdp, address=own.host, sess_id=origin.sess_id,
-                        sess_version=origin.version, username=SDP_USERNAME)
-        # The session name often names the product ("s=Asterisk"), and i=, u=, e=, p= describe
-        # the far side's operator: "s=-" and nothing else (RFC 8866 5.3).
-        lines = [
-            Line("s", "-") if line.type == "s" else line
-            for line in sdp.lines
-            if line.type not in _SESSION_LINES_DROPPED
-        ]
-        return SessionDescription(lines, sdp.media).to_bytes()
+        return hide_sdp_session(sdp, address=own.host, sess_id=origin.sess_id,
+                                sess_version=origin.version, username=SDP_USERNAME).to_bytes()
 
 
 def _stamp_received(request: Request, origin: Origin) -> None:

@@ -8,9 +8,11 @@ CSeq, Max-Forwards, Content-Length) is the receiving leg's own, and banners (Ser
 User-Agent), Warning, Error-Info, Alert-Info, Call-Info, P-headers that leak the inside, and
 unknown headers stay behind unless the operator allows them.
 
-SDP is rewritten in :func:`hide_sdp_origin`: the ``o=`` line gets the SBC's username, address and
-its own session id/version so nothing of the far side's origin leaks (RFC 8866 5.2: the pair
-(sess-id, sess-version) must still change when the session changes, which the caller tracks).
+SDP is rewritten in :func:`hide_sdp_session`: the ``o=`` line gets the SBC's username, address
+and its own session id/version so nothing of the far side's origin leaks (RFC 8866 5.2: the pair
+(sess-id, sess-version) must still change when the session changes, which the caller tracks);
+the session name becomes ``-`` (it often names the product, ``s=Asterisk``) and the session-level
+``i=``, ``u=``, ``e=`` and ``p=`` lines, which describe the far side's operator, are dropped.
 Media addresses and ports are the media relay's business (the media issue), not this module's.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sbc.media.sdp import SessionDescription
+from sbc.media.sdp import Line, SessionDescription
 from sbc.sip.headers import Headers, canonical_name
 
 # End-to-end headers that describe the session or the request's meaning, never a hop
@@ -64,3 +66,22 @@ def hide_sdp_origin(sdp: SessionDescription, *, address: str, sess_id: str,
     type follows ``address``."""
     sdp.set_origin(username=username, sess_id=sess_id, sess_version=sess_version,
                    unicast_address=address)
+
+
+# Session-level lines that describe the far side (RFC 8866 5.4-5.6) and never cross.
+SESSION_LINES_DROPPED = frozenset("iuep")
+
+
+def hide_sdp_session(sdp: SessionDescription, *, address: str, sess_id: str,
+                     sess_version: int, username: str = "-") -> SessionDescription:
+    """A copy of ``sdp`` with nothing of the far side's session identity: the SBC's own ``o=``
+    line (:func:`hide_sdp_origin`), ``s=-`` (RFC 8866 5.3) and no session-level i/u/e/p lines.
+    Media sections are left to the media relay."""
+    hide_sdp_origin(sdp, address=address, sess_id=sess_id, sess_version=sess_version,
+                    username=username)
+    lines = [
+        Line("s", "-") if line.type == "s" else line
+        for line in sdp.lines
+        if line.type not in SESSION_LINES_DROPPED
+    ]
+    return SessionDescription(lines, sdp.media)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from sbc.gateway.topology import crossing_headers, hide_sdp_origin
+from sbc.gateway.topology import crossing_headers, hide_sdp_origin, hide_sdp_session
 from sbc.media.sdp import parse_sdp
 from sbc.sip.message import parse_message
 
@@ -49,3 +49,15 @@ def test_sdp_origin_is_replaced():
     assert sdp.to_bytes().split(b"\r\n")[1] == b"o=- 777 1 IN IP4 203.0.113.5"
     hide_sdp_origin(sdp, address="2001:db8::5", sess_id="777", sess_version=2)
     assert sdp.to_bytes().split(b"\r\n")[1] == b"o=- 777 2 IN IP6 2001:db8::5"
+
+
+def test_sdp_session_identity_is_replaced():
+    """hide_sdp_session replaces o=, sets s=- and drops session i/u/e/p; media is untouched."""
+    sdp = parse_sdp(b"v=0\r\no=root 1234 5678 IN IP4 10.20.30.40\r\ns=Asterisk PBX 20.5\r\n"
+                    b"i=pbx1.corp.local\r\nu=http://pbx1.corp.local/\r\ne=ops@corp.local\r\n"
+                    b"p=+44 20 7946 0000\r\nc=IN IP4 10.20.30.40\r\nt=0 0\r\n"
+                    b"m=audio 10000 RTP/AVP 0\r\ni=voice\r\na=sendrecv\r\n")
+    out = hide_sdp_session(sdp, address="203.0.113.5", sess_id="9", sess_version=3)
+    assert out.to_bytes() == (
+        b"v=0\r\no=- 9 3 IN IP4 203.0.113.5\r\ns=-\r\nc=IN IP4 10.20.30.40\r\nt=0 0\r\n"
+        b"m=audio 10000 RTP/AVP 0\r\ni=voice\r\na=sendrecv\r\n")
