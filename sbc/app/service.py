@@ -3,10 +3,11 @@
 What runs today: every enabled listener of both interfaces (UDP, TCP, TLS) with the SIP parser,
 stream framing, keepalives, the stateless core (:mod:`sbc.gateway.stateless`) and the B2BUA
 (:mod:`sbc.gateway.b2bua`) behind one :class:`~sbc.net.driver.Driver`: malformed traffic gets
-its 4xx or a counted drop; calls from the external side (INVITE, ACK, BYE, CANCEL) are relayed
-to the PBX over UDP with topology hiding; OPTIONS is answered 200; other external requests
-(REGISTER, SUBSCRIBE, ...) still get 503 with Retry-After.  Counters are logged every minute
-and at shutdown.
+its 4xx or a counted drop; REGISTER is relayed to the PBX (over UDP) with the SBC's token
+Contacts; calls go both ways with topology hiding (from registered users and trusted peers to
+the PBX, from the PBX to registered users over their own flow), with re-INVITE, UPDATE, INFO
+and OPTIONS relayed inside a call; OPTIONS to the SBC is answered 200.  Counters are logged
+every minute and at shutdown.
 
 TCP and TLS connections are admitted and timed by one :class:`~sbc.net.limits.ConnectionGuard`
 (``limits.*``).  SIGHUP re-reads the TLS certificate, key and CA bundle
@@ -107,7 +108,7 @@ def start(config: Config, reactor: Any) -> Service:
     ids = IdSource()
     settings = b2bua_settings_from(config)
     core = StatelessCore(new_tag=ids.tag, limits=limits_from(config))
-    driver = Driver(B2BUA(settings, ids), core, reactor)
+    driver = Driver(B2BUA(settings, ids, counters=core.counters), core, reactor)
     service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
                       driver=driver)
     try:
@@ -162,10 +163,9 @@ def run(config: Config) -> int:
         log.error("cannot listen on {address}:{port}: {reason}", address=e.interface or "*",
                   port=e.port, reason=str(e.socketError))
         return 1
-    log.warn("this build relays calls from the external side to the PBX {pbx} over UDP "
-             "(INVITE, ACK, BYE, CANCEL; SDP c=/m= not rewritten: no media relay yet); OPTIONS "
-             "is answered 200; REGISTER and other requests get 503 (no registration relay "
-             "yet); calls from the PBX to users are refused (404)",
+    log.warn("this build reaches the PBX {pbx} over UDP only and does not anchor media yet "
+             "(SDP c=/m= lines pass unchanged); SUBSCRIBE, NOTIFY, REFER, MESSAGE and PUBLISH "
+             "are answered 405",
              pbx=f"{config.pbx.address}:{config.pbx.port}")
 
     core = service.core

@@ -29,6 +29,7 @@ Transport = Literal["udp", "tcp", "tls"]
 PeerTransport = Literal["any", "udp", "tcp", "tls"]
 SrtpPolicy = Literal["require", "optional", "none"]
 StateBackend = Literal["memory", "redis"]
+UnknownSource = Literal["reject", "drop", "allow"]
 TlsVersion = Literal["1.2", "1.3"]
 
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
@@ -36,6 +37,7 @@ LOG_LEVELS: tuple[LogLevelName, ...] = ("debug", "info", "warn", "error")
 TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
 PEER_TRANSPORTS: tuple[PeerTransport, ...] = ("any", "udp", "tcp", "tls")
 SRTP_POLICIES: tuple[SrtpPolicy, ...] = ("require", "optional", "none")
+UNKNOWN_SOURCE_POLICIES: tuple[UnknownSource, ...] = ("reject", "drop", "allow")
 STATE_BACKENDS: tuple[StateBackend, ...] = ("memory", "redis")
 TLS_VERSIONS: tuple[TlsVersion, ...] = ("1.2", "1.3")
 SYSLOG_FACILITIES: tuple[str, ...] = (
@@ -191,6 +193,27 @@ class PbxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrationConfig:
+    """Registration relay bounds, in seconds (see :class:`sbc.gateway.registrar.
+    RegistrationPolicy`): what the client is told (short, so NAT bindings and connections stay
+    alive) and what the PBX is asked for (long: registration caching)."""
+
+    client_max_expires: int = 120
+    client_min_expires: int = 60
+    pbx_min_expires: int = 600
+    pbx_max_expires: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Who may call in: ``unknown_source`` is what happens to a call (an INVITE outside a
+    dialog) from an external source that is neither registered on that flow nor a trusted
+    peer: ``reject`` (403), ``drop`` (no answer) or ``allow``."""
+
+    unknown_source: UnknownSource = "reject"
+
+
+@dataclass(frozen=True, slots=True)
 class TrustedPeer:
     """A trunk or partner recognised by source network and, over TLS, by certificate.
 
@@ -341,6 +364,8 @@ class Config:
     timers: TimersConfig = field(default_factory=TimersConfig)
     pbx: PbxConfig = field(default_factory=PbxConfig)
     trusted_peers: tuple[TrustedPeer, ...] = ()
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     state: StateConfig = field(default_factory=StateConfig)

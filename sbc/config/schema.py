@@ -29,6 +29,7 @@ from sbc.config.model import (
     SYSLOG_FACILITIES,
     TLS_VERSIONS,
     TRANSPORTS,
+    UNKNOWN_SOURCE_POLICIES,
     AdminConfig,
     Config,
     EventsConfig,
@@ -43,6 +44,8 @@ from sbc.config.model import (
     NodeConfig,
     PbxConfig,
     PortRange,
+    RegistrationConfig,
+    RoutingConfig,
     RulesConfig,
     StateConfig,
     SyslogConfig,
@@ -138,6 +141,30 @@ def read_timers(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str,
     d = TimersConfig()
     return TimersConfig(
         t1=s.seconds("t1", d.t1), t2=s.seconds("t2", d.t2), t4=s.seconds("t4", d.t4)
+    )
+
+
+def read_registration(
+    r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, object]
+) -> object:
+    s = r.section(node, path, RegistrationConfig.__dataclass_fields__)
+    d = RegistrationConfig()
+    day = 86400
+    return RegistrationConfig(
+        client_max_expires=s.integer("client_max_expires", d.client_max_expires, 10, day),
+        client_min_expires=s.integer("client_min_expires", d.client_min_expires, 1, day),
+        pbx_min_expires=s.integer("pbx_min_expires", d.pbx_min_expires, 10, 7 * day),
+        pbx_max_expires=s.integer("pbx_max_expires", d.pbx_max_expires, 10, 7 * day),
+    )
+
+
+def read_routing(
+    r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, object]
+) -> object:
+    s = r.section(node, path, RoutingConfig.__dataclass_fields__)
+    d = RoutingConfig()
+    return RoutingConfig(
+        unknown_source=s.choice("unknown_source", UNKNOWN_SOURCE_POLICIES, d.unknown_source)
     )
 
 
@@ -395,6 +422,8 @@ SECTIONS: dict[str, SectionReader] = {
     "timers": read_timers,
     "pbx": read_pbx,
     "trusted_peers": read_trusted_peers,
+    "registration": read_registration,
+    "routing": read_routing,
     "tls": read_tls,
     "media": read_media,
     "state": read_state,
@@ -515,6 +544,19 @@ def check_timers(r: Reader, config: Config) -> None:
             f"t2 ({t.t2:g}) must be greater than t1 ({t.t1:g})",
             expected="t1 < t2 (RFC 3261 17.1.1.1)",
         )
+
+
+def check_registration(r: Reader, config: Config) -> None:
+    g = config.registration
+    for lo, hi in (("client_min_expires", "client_max_expires"),
+                   ("pbx_min_expires", "pbx_max_expires")):
+        a, b = getattr(g, lo), getattr(g, hi)
+        if r.ok(f"registration.{lo}", f"registration.{hi}") and a > b:
+            r.error(
+                f"registration.{hi}",
+                f"{hi} ({b}) is below {lo} ({a})",
+                expected=f"{lo} <= {hi}",
+            )
 
 
 def check_peers(r: Reader, config: Config) -> None:
@@ -713,6 +755,7 @@ CHECKS: list[Callable[[Reader, Config], None]] = [
     check_interfaces,
     check_limits,
     check_timers,
+    check_registration,
     check_peers,
     check_tls,
     check_media,

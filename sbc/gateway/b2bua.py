@@ -1,62 +1,102 @@
-"""The B2BUA call core, first slice: calls from the external side to the PBX, sans-I/O.
+"""The B2BUA: calls both ways between the outside and the PBX, registration relay, sans-I/O.
 
 Theory of operation
 -------------------
 A :class:`B2BUA` is the SBC's transaction user (RFC 3261 6: a back-to-back user agent).  It
 owns two :class:`~sbc.sip.transaction.TransactionLayer` objects, one per interface
-(``"external"``: the internet, ``"internal"``: the PBX), and a table of :class:`Call` objects,
-each made of an A-leg (the external caller, for which the SBC is the UAS) and a B-leg (the PBX,
-for which the SBC is the UAC).  Inputs are :meth:`B2BUA.receive` (a parsed message, the
-:class:`Origin` it came from, ``now``) and :meth:`B2BUA.handle_timer`; outputs are
-:class:`Send` commands, pulled with :meth:`B2BUA.commands`, and one deadline,
-:meth:`B2BUA.get_timer`.  Nothing here reads a clock, opens a socket or draws randomness: the
-:class:`~sbc.ids.IdSource` is injected.
+(``"external"``: the internet, ``"internal"``: the PBX), a :class:`~sbc.gateway.registrar.
+Registrar`, and a table of :class:`Call` objects.  Inputs are :meth:`B2BUA.receive` (a parsed
+message, the :class:`Origin` it came from, ``now``), :meth:`B2BUA.handle_timer`,
+:meth:`B2BUA.send_failed` (the edge could not deliver a command) and :meth:`B2BUA.flow_closed`
+(a connection went away); outputs are :class:`Send` commands, pulled with
+:meth:`B2BUA.commands`, and one deadline, :meth:`B2BUA.get_timer`.  Nothing here reads a clock,
+opens a socket or draws randomness: the :class:`~sbc.ids.IdSource` is injected.
 
+Legs and peers
+~~~~~~~~~~~~~~
+A call has an A-leg (whoever sent the INVITE; the SBC is its UAS) and a B-leg (the SBC is its
+UAC).  Each leg has a *peer*, an :class:`Origin` naming the interface, transport and address
+every message of that leg goes to: for the caller, the address its INVITE came from (RFC 3581
+symmetric response, and so a phone behind NAT is reached); for the PBX, the configured PBX
+address; for a registered user, the flow its REGISTER came on (RFC 5626 5.3: never another
+connection).  A call from a phone goes external -> internal, a call from the PBX to a registered
+user internal -> external; the code is the same.
+
+Admission
+~~~~~~~~~
+* External requests that open something (an INVITE outside a call) are accepted from a source
+  that holds a live registration on that very flow, from a configured trunk (source CIDR,
+  transport and, over TLS, the client certificate's names), or, when
+  ``unknown_source == "allow"``, from anyone; otherwise they are refused with 403 or dropped
+  silently (``"reject"``/``"drop"``).  REGISTER is accepted from anyone: the PBX authenticates
+  it.  OPTIONS outside a call is answered by the SBC itself (it is the only thing the outside
+  can see).
+* Internal requests are accepted from the PBX's address only; anything else on the internal
+  interface gets the same treatment as an unknown external source.
+
+What crosses between legs
+~~~~~~~~~~~~~~~~~~~~~~~~~
 Every message a leg carries is built here for that leg.  What crosses from the other leg goes
 through :mod:`sbc.gateway.topology` only: the end-to-end headers of
-:func:`~sbc.gateway.topology.crossing_headers` and the SDP body with its ``o=`` line replaced by
-the SBC's own (:func:`~sbc.gateway.topology.hide_sdp_session`), ``s=`` set to ``-`` and the
-session-level ``i=``, ``u=``, ``e=``, ``p=`` lines dropped (they name the far side's product or
-operator).  Reason phrases are not copied (the standard phrase for the status is written), nor
-are Via, Contact, Record-Route, Call-ID, tags, CSeq, Server or User-Agent.  The ``c=`` and
-``m=`` lines of the SDP are **not** rewritten yet: until media anchoring exists, media flows
-directly between the phone and the PBX's media address, which therefore still shows in the SDP.
+:func:`~sbc.gateway.topology.crossing_headers` (with the option tags this B2BUA cannot carry end
+to end, such as ``100rel`` and ``replaces``, removed from Supported and Require), the SDP with
+the SBC's own ``o=`` line, ``s=-`` and no session-level ``i=``/``u=``/``e=``/``p=``
+(:func:`~sbc.gateway.topology.hide_sdp_session`), and, inside a call, a few harmless body types
+(DTMF relay, plain text).  Reason phrases are not copied (the standard phrase is written), nor
+are Via, Contact, Record-Route, Call-ID, tags, CSeq, Server or User-Agent.  Each leg's Contact
+is the SBC's own address on that leg's interface and transport.  The ``c=`` and ``m=`` lines
+are **not** rewritten yet: until media anchoring exists, media flows directly between the
+endpoints.
 
-The slice covers:
-
-* an INVITE from the external side: :func:`~sbc.sip.message.check_request` (416, 420, 483),
-  482 for a merged request (RFC 3261 8.2.2.2), 400 without exactly one SIP Contact, 488 for an
-  SDP offer that does not parse, 100 Trying, and a fresh B-leg INVITE towards the
-  PBX (new Call-ID, From tag and branch; Max-Forwards decremented per RFC 3261 16.6 step 3, so a
-  request arriving with 1 is forwarded with 0 and only 0 is answered 483, RFC 3261 16.3 step 3);
-* the B-leg's responses relayed on the A-leg with the SBC's own To tag (one per call) and
+Calls
+~~~~~
+* An initial INVITE: :func:`~sbc.sip.message.check_request` (416, 420, 483), 482 for a merged
+  request (RFC 3261 8.2.2.2), 400 without exactly one SIP Contact, 488 for an SDP offer that
+  does not parse, 100 Trying, and a fresh B-leg INVITE (new Call-ID, From tag and branch;
+  Max-Forwards decremented per RFC 3261 16.6 step 3, so 1 is forwarded as 0 and only 0 is
+  answered 483).  From the outside it goes to the PBX; from the PBX, a Request-URI whose user is
+  a registration token goes to that user's flow (404 for an unknown token, 480 when the
+  registration lapsed or its connection is gone), anything else is 404 (trunk routing is still
+  to come).
+* The B-leg's responses are relayed on the A-leg with the SBC's own To tag (one per call) and
   Contact; a non-2xx final is ACKed by the B-leg transaction and its A-leg copy's ACK absorbed
   by the A-leg transaction; a 2xx confirms both dialogs, and the B-leg 2xx is ACKed end to end
-  **when the A-leg ACK arrives** (so an SDP answer in the ACK can be relayed in the B-leg ACK).
-  A retransmitted B-leg 2xx is relayed again on the A-leg before that ACK (that is how the A-leg
-  2xx is retransmitted, RFC 3261 13.3.1.4, when the B-leg is unreliable) and answered with the
-  same B-leg ACK after it.  (When the B-leg is reliable the PBX does not retransmit, and the
-  A-leg 2xx is then not retransmitted either: a TU timer for it is still to come.)  If the
-  phone never ACKs (Timer L), the B-leg is ACKed and both legs get a BYE (RFC 3261 13.3.1.4);
-  a BYE from the phone before its ACK ACKs the B-leg first.  A 2xx whose SDP does not parse
-  is refused with 502 on the A-leg, ACKed and hung up on the B-leg;
+  **when the A-leg ACK arrives** (so an SDP answer in the ACK can be relayed).  A retransmitted
+  B-leg 2xx is relayed again before that ACK (that is how the A-leg 2xx is retransmitted, RFC
+  3261 13.3.1.4, when the B-leg is unreliable) and answered with the same B-leg ACK after it.
+  (When the B-leg is reliable and the A-leg is not, the A-leg 2xx is not retransmitted by a
+  timer of its own yet.)  If the caller never ACKs (Timer L), the B-leg is ACKed and both legs
+  get a BYE (RFC 3261 13.3.1.4); a BYE from the caller before its ACK ACKs the B-leg first.  A
+  2xx whose SDP does not parse is refused with 502 on the A-leg, ACKed and hung up on the B-leg.
 * CANCEL of a pending INVITE: 200 to the CANCEL, a CANCEL on the B-leg built from the B-leg
   INVITE (RFC 3261 9.1; held until the B-leg has a provisional response), and the B-leg's final
-  (normally 487) relayed.  If the PBX sends no final within 64*T1 of the CANCEL, the A-leg gets
-  487 anyway (RFC 3261 9.1);
-* BYE from either side of a confirmed call: 200 to it, a BYE on the other leg from that leg's
-  :class:`~sbc.sip.dialog.Dialog`, the call forgotten once that BYE has its final response or
-  times out;
-* 481 for a request with a To tag that matches no call (an ACK is dropped), 408 on the A-leg
-  when the B-leg INVITE times out (Timer B), 503 when its transport fails, 501 for requests
-  inside a call other than BYE (re-INVITE, UPDATE, INFO... are the next slice), 404 for an
-  INVITE from the PBX side (calls to registered users are the next slice), 405 for any other
-  request outside a call.
+  (normally 487) relayed.  If the B-leg sends no final within 64*T1 of the CANCEL, the A-leg
+  gets 487 anyway.
+* BYE from either side of a confirmed call: 200 to it, a BYE on the other leg, the call
+  forgotten once that BYE has its final response or times out; a re-INVITE still pending on the
+  leg that hung up is answered 487.
+* Any other request inside a call (re-INVITE for hold/resume, UPDATE, INFO, OPTIONS, ...) is
+  relayed on the other leg as a request of that leg's dialog (its own CSeq, Contact, route set),
+  and its responses come back the same way; a re-INVITE's 2xx is ACKed end to end when the
+  sender's ACK arrives, like the initial one.  A re-INVITE while another is pending, or before
+  the call is confirmed, gets 491 (RFC 3261 14.2); CSeq out of order gets 500 and a request
+  outside a known dialog 481 (RFC 3261 12.2.2).
+* 408 on the A-leg when the B-leg INVITE times out (Timer B); 503 when the transport towards the
+  PBX fails, 480 when the flow towards a user does (RFC 3261 8.1.3.1, RFC 5626 5.3).
 
-Every received request gets ``received``/``rport`` on its top Via (RFC 3261 18.2.1, RFC 3581).
-Responses to the A-leg go to the address the request came from (RFC 3581 symmetric response);
-requests on the A-leg go to the address the call's INVITE came from, not to its Contact, so a
-phone behind NAT is reached.  Everything towards the PBX goes to the configured PBX address.
+Registration relay
+~~~~~~~~~~~~~~~~~~
+A REGISTER from the outside is relayed to the PBX through the :class:`~sbc.gateway.registrar.
+Registrar`: each Contact is replaced by an SBC address on the internal interface whose user is
+an opaque token for that binding and flow; Expires are bounded per side
+(:class:`~sbc.gateway.registrar.RegistrationPolicy`).  The Request-URI, From, To, CSeq and the
+credentials pass unchanged, so the PBX's digest authentication (its 401/407 and the client's
+answer) works end to end; the Call-ID is a keyed hash of the client's, stable across the
+client's refreshes.  The PBX's final answer goes back with the client's own Contacts and the
+client-side expiry; a refresh that changes nothing is answered locally (registration caching).
+Failed authentications are counted per source and username by the registrar.  Registrations are
+swept every :data:`SWEEP_INTERVAL` seconds; an expired one is not unregistered at the PBX (it
+lapses there on its own; until then its token answers 480).
 """
 
 from __future__ import annotations
@@ -64,15 +104,26 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import ipaddress
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sbc.errors import SdpError, SipParseError
+from sbc.gateway.registrar import (
+    AuthFailures,
+    Delivery,
+    RegisterOutcome,
+    RegisterRejected,
+    Registrar,
+    RegistrationPolicy,
+)
 from sbc.gateway.stateless import stamp_received
 from sbc.gateway.topology import crossing_headers, hide_sdp_session
 from sbc.ids import IdSource
 from sbc.media.sdp import parse_sdp
-from sbc.sip.dialog import Dialog, initial_request
-from sbc.sip.headers import Headers, NameAddr
+from sbc.sip.dialog import Dialog, DialogError, initial_request
+from sbc.sip.headers import Headers, NameAddr, canonical_name
 from sbc.sip.message import (
     REASON_PHRASES,
     Request,
@@ -94,15 +145,32 @@ from sbc.sip.transaction import (
     TransactionLayer,
     TransportFailed,
 )
-from sbc.sip.uri import SipUri, TelUri
+from sbc.sip.uri import SipUri, TelUri, parse_uri
 
 EXTERNAL = "external"
 INTERNAL = "internal"
 RELIABLE_TRANSPORTS = frozenset({"tcp", "tls", "sctp", "ws", "wss"})  # RFC 3261 18: no retransmits
-ALLOW = "INVITE, ACK, CANCEL, BYE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE"
+ACCEPT = "application/sdp"
 SDP_USERNAME = "-"  # RFC 8866 5.2: "-" when the host does not support user ids
+SWEEP_INTERVAL = 5.0  # seconds between registration expiry sweeps
+# Methods RFC 3261 and its extensions define: out of a call they get 405, others 501 (8.2.1).
+KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK",
+    "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
+})
+# Option tags whose meaning is tied to one hop or one dialog's identifiers: a B2BUA relaying the
+# header unchanged would promise what it cannot keep (reliable provisionals, Replaces of a dialog
+# id only one leg knows, GRUUs, outbound flows, Path).  They are removed from what crosses.
+LEG_BOUND_OPTION_TAGS = frozenset({"100rel", "replaces", "gruu", "outbound", "path", "join"})
+# Bodies that may cross inside a call besides SDP: they carry no addresses.
+CROSSING_BODY_TYPES = frozenset({
+    "application/dtmf-relay", "application/dtmf", "text/plain",
+    "application/media_control+xml",
+})
 
 Address = tuple[str, int]
+UnknownSourcePolicy = Literal["reject", "drop", "allow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,37 +191,28 @@ class SipAddress:
 
     def via(self, branch: str) -> str:
         """A Via value with this address as sent-by (RFC 3261 18.1.1)."""
-        return f"SIP/2.0/{self.transport.upper()} {self.host}:{self.port};branch={branch}"
+        host = _uri_host(self.host)
+        return f"SIP/2.0/{self.transport.upper()} {host}:{self.port};branch={branch}"
 
-    def contact(self) -> str:
+    def contact(self, user: str | None = None) -> str:
         """A Contact value pointing at this address."""
         transport = "" if self.transport.lower() == "udp" else f";transport={self.transport}"
-        return f"<sip:{self.host}:{self.port}{transport}>"
-
-
-@dataclass(frozen=True, slots=True)
-class B2buaSettings:
-    """The SBC's addresses on each side (written into its Via and Contact), the PBX to send
-    calls to, the domain of the From towards the PBX, the transaction timers and the option
-    tags the SBC supports (a Require naming anything else is answered 420)."""
-
-    external: SipAddress
-    internal: SipAddress
-    pbx: SipAddress
-    domain: str
-    timers: TimerSettings = DEFAULT_TIMERS
-    supported: frozenset[str] = frozenset()
+        userinfo = f"{user}@" if user else ""
+        return f"<sip:{userinfo}{_uri_host(self.host)}:{self.port}{transport}>"
 
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a received message came from: the interface, the transport and the source
-    address (host, port)."""
+    """A peer: where a received message came from, or where a leg's messages go.  The
+    interface, the transport and the address (host, port); for a TLS peer that presented a
+    certificate, ``identity`` holds its names (SAN DNS/URI entries and CN), which are not part
+    of its equality (the flow is the connection)."""
 
     interface: str
     transport: str
     host: str
     port: int
+    identity: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def address(self) -> Address:
@@ -162,6 +221,60 @@ class Origin:
     @property
     def reliable(self) -> bool:
         return self.transport.lower() in RELIABLE_TRANSPORTS
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """A SIP trunk (carrier or partner) trusted to send calls in: recognised by source network,
+    transport (``any`` or one) and, when ``tls_subject`` is set, a client certificate naming
+    it."""
+
+    name: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    transport: str = "any"
+    tls_subject: str | None = None
+
+    def matches(self, origin: Origin) -> bool:
+        if self.transport != "any" and origin.transport.lower() != self.transport:
+            return False
+        try:
+            ip = ipaddress.ip_address(origin.host)
+        except ValueError:
+            return False
+        if not any(ip in net for net in self.networks):
+            return False
+        return self.tls_subject is None or self.tls_subject in origin.identity
+
+
+@dataclass(frozen=True, slots=True)
+class B2buaSettings:
+    """The SBC's addresses on each side (written into its Via and Contact; ``listeners`` lists
+    the external ones per transport, ``external`` is the default), the PBX to send calls to,
+    the domain of the From towards the PBX, the transaction timers, the option tags the SBC
+    supports (a Require naming anything else is answered 420), registration bounds, the trunks
+    and what to do with requests from unknown sources."""
+
+    external: SipAddress
+    internal: SipAddress
+    pbx: SipAddress
+    domain: str
+    timers: TimerSettings = DEFAULT_TIMERS
+    supported: frozenset[str] = frozenset()
+    listeners: tuple[SipAddress, ...] = ()
+    registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
+    trunks: tuple[Trunk, ...] = ()
+    unknown_source: UnknownSourcePolicy = "reject"
+
+    def own(self, interface: str, transport: str) -> SipAddress:
+        """The SBC's address on ``interface`` for ``transport`` (the interface's default when
+        it has no listener for that transport)."""
+        if interface == INTERNAL:
+            return self.internal
+        t = transport.lower()
+        for listener in self.listeners:
+            if listener.transport == t:
+                return listener
+        return SipAddress(self.external.host, self.external.port, t)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +304,14 @@ class CallState(enum.Enum):
 
 @dataclass(eq=False, slots=True)
 class Call:
-    """One call: the A-leg (external caller, SBC as UAS) and the B-leg (PBX, SBC as UAC)."""
+    """One call: the A-leg (the caller, SBC as UAS) and the B-leg (the callee, SBC as UAC)."""
 
     a_invite: Request
-    a_origin: Origin
+    a_peer: Origin
     a_txn: ServerTransaction
     a_tag: str
     b_invite: Request
+    b_peer: Origin
     b_txn: ClientTransaction | None = None
     a_dialog: Dialog | None = None
     b_dialog: Dialog | None = None
@@ -207,16 +321,23 @@ class Call:
     cancel_pending: bool = False
     cancel_deadline: float | None = None
     a_final_sent: bool = False
-    # SDP origin per leg: session id, version, and the last body that crossed to that leg.
+    reinvite: _Relay | None = None  # the re-INVITE in progress, either way
+    relays: dict[int, _Relay] = field(default_factory=dict)  # in-dialog requests in progress
+    # SDP origin per interface: session id, version, and the last body that crossed to it.
     sdp: dict[str, _SdpOrigin] = field(default_factory=dict)
 
     @property
     def a_key(self) -> tuple[str, str, str]:
-        return (EXTERNAL, self.a_invite.call_id, self.a_tag)
+        return (self.a_peer.interface, self.a_invite.call_id, self.a_tag)
 
     @property
     def b_key(self) -> tuple[str, str, str]:
-        return (INTERNAL, self.b_invite.call_id, self.b_invite.from_.tag or "")
+        return (self.b_peer.interface, self.b_invite.call_id, self.b_invite.from_.tag or "")
+
+    # Backwards-compatible name: where A-leg messages go.
+    @property
+    def a_origin(self) -> Origin:
+        return self.a_peer
 
 
 @dataclass(slots=True)
@@ -226,28 +347,58 @@ class _SdpOrigin:
     last: bytes | None = None
 
 
+@dataclass(eq=False, slots=True)
+class _Relay:
+    """A request relayed from one side to the other outside the call's own INVITE: an
+    in-dialog request (``call`` set), a REGISTER (``handle`` set) or an OPTIONS to a registered
+    user.  ``server`` answers the sender, ``client`` carries ``out`` to ``target``."""
+
+    source: Origin
+    request: Request
+    server: ServerTransaction
+    target: Origin
+    out: Request
+    call: Call | None = None
+    from_a: bool = False  # in a call: the sender is the A-leg peer
+    handle: int | None = None
+    to_tag: str | None = None
+    client: ClientTransaction | None = None
+    final_sent: bool = False
+    provisional: bool = False
+    cancelled: bool = False
+    ack: Request | None = None  # a re-INVITE's 2xx: the ACK sent on the other leg
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
     """Where a transaction's messages go, and what it is for."""
 
-    interface: str
-    transport: str
-    destination: Address
+    peer: Origin
     call: Call | None
-    role: str  # "a-invite", "b-invite", "b-cancel", "bye", "local"
+    role: str  # "a-invite", "b-invite", "b-cancel", "bye", "local", "relay-in", "relay-out"
+    relay: _Relay | None = None
 
 
 class B2BUA:
     """The pure B2BUA: messages in with their :class:`Origin` and ``now``, :class:`Send`
-    commands out, one deadline (see the module docstring for what this slice does)."""
+    commands out, one deadline (see the module docstring)."""
 
-    def __init__(self, settings: B2buaSettings, ids: IdSource) -> None:
+    def __init__(
+        self,
+        settings: B2buaSettings,
+        ids: IdSource,
+        *,
+        auth_failures: AuthFailures | None = None,
+        counters: MutableMapping[str, int] | None = None,
+    ) -> None:
         self.settings = settings
         self.ids = ids
         self.layers = {
             EXTERNAL: TransactionLayer(settings.timers),
             INTERNAL: TransactionLayer(settings.timers),
         }
+        self.registrar = Registrar(ids, settings.registration, auth_failures)
+        self.pbx = Origin(INTERNAL, settings.pbx.transport, settings.pbx.host, settings.pbx.port)
         self.calls: dict[tuple[str, str, str], Call] = {}
         # Per-event work must not grow with the number of calls: live calls and the calls with
         # a CANCEL give-up timer are kept apart, by identity, so neither needs a scan of calls.
@@ -255,6 +406,11 @@ class B2BUA:
         self._cancelling: dict[int, Call] = {}
         self._routes: dict[Transaction, _Route] = {}
         self._commands: list[Command] = []
+        self._sweep_at: float | None = None
+        # Keyed hash of client REGISTER Call-IDs: stable per client, unlinkable without the key
+        # (drawn at the first REGISTER).
+        self._call_id_key: bytes | None = None
+        self.counters: MutableMapping[str, int] = counters if counters is not None else {}
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -264,14 +420,18 @@ class B2BUA:
         return out
 
     def get_timer(self) -> float | None:
-        """The earliest deadline of any transaction or call, or ``None``."""
+        """The earliest deadline of any transaction, call or registration sweep, or ``None``."""
         deadlines = [layer.get_timer() for layer in self.layers.values()]
         deadlines.extend(call.cancel_deadline for call in self._cancelling.values())
+        deadlines.append(self._sweep_at)
         return min((d for d in deadlines if d is not None), default=None)
 
     def __len__(self) -> int:
         """The number of calls in progress."""
         return len(self._live)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
 
     def _set_cancel_deadline(self, call: Call, deadline: float | None) -> None:
         call.cancel_deadline = deadline
@@ -317,29 +477,139 @@ class B2BUA:
             if call.cancel_deadline is not None and call.cancel_deadline <= now:
                 self._set_cancel_deadline(call, None)
                 self._fail_a_leg(call, 487, now)  # RFC 3261 9.1: give up waiting after 64*T1
+        if self._sweep_at is not None and self._sweep_at <= now:
+            self.registrar.expire(now)
+            self._arm_sweep(now)
+
+    def send_failed(self, command: Send, now: float) -> None:
+        """The edge could not deliver ``command`` (no connection to that peer any more): the
+        transaction that sent it fails with a transport error (RFC 3261 17.1.4)."""
+        message = command.message
+        if not isinstance(message, Request) or message.method == "ACK":
+            return
+        via = message.top_via
+        if via is None or via.branch is None:
+            return
+        txn = self.layers[command.interface].find_client(via.branch, message.cseq.method)
+        if txn is not None:
+            txn.transport_error(now)
+            self._pump(txn, now)
+
+    def flow_closed(self, flow: Origin, now: float) -> None:
+        """The connection ``flow`` is gone: registrations made over it answer 480 from now on
+        (RFC 5626 5.3)."""
+        self.registrar.flow_closed(flow, now)
+
+    def _arm_sweep(self, now: float) -> None:
+        busy = len(self.registrar) > 0 or self.registrar.next_deadline() is not None
+        self._sweep_at = now + SWEEP_INTERVAL if busy else None
 
     # -- requests --------------------------------------------------------------------------
 
     def _request(self, request: Request, origin: Origin, now: float) -> None:
-        layer = self.layers[origin.interface]
-        if request.method == "CANCEL":
+        method = request.method
+        if method == "CANCEL":
             self._cancel(request, origin, now)
             return
+        if method not in KNOWN_METHODS:
+            self._reject(request, origin, now, 501)  # RFC 3261 8.2.1
+            return
         check_request(request, self.settings.supported)
-        if layer.is_merged(request):
+        if request.to.tag is not None:
+            if self._admitted(request, origin, now, in_dialog=True):
+                self._in_dialog(request, origin, now)
+            return
+        if self.layers[origin.interface].is_merged(request):
             self._reject(request, origin, now, 482)
             return
-        if request.to.tag is not None:
-            self._in_dialog(request, origin, now)
-        elif request.method == "INVITE" and origin.interface == EXTERNAL:
-            self._invite(request, origin, now)
-        elif request.method == "INVITE":
-            self._reject(request, origin, now, 404)  # no routing to registered users yet
-        else:
+        if method == "OPTIONS" and (origin.interface == EXTERNAL or not self._token(request)):
+            self._reject(request, origin, now, 200, self._capabilities())  # RFC 3261 11.2
+            return
+        if method == "REGISTER" and origin.interface == EXTERNAL:
+            self._register(request, origin, now)
+            return
+        if method not in ("INVITE", "OPTIONS"):
             self._reject(request, origin, now, 405, [("Allow", ALLOW)])
+            return
+        if not self._admitted(request, origin, now, in_dialog=False):
+            return
+        if origin.interface == EXTERNAL:
+            self._invite_to_pbx(request, origin, now)
+        else:
+            self._to_registered_user(request, origin, now)
 
-    def _invite(self, invite: Request, origin: Origin, now: float) -> None:
+    def _admitted(self, request: Request, origin: Origin, now: float, *, in_dialog: bool) -> bool:
+        """Whether ``origin`` may send ``request``; if not, it was answered 403 or dropped."""
+        if origin.interface == INTERNAL:
+            ok = origin.host == self.pbx.host
+        elif in_dialog:
+            ok = True  # it must still match a dialog, whose peer is checked there
+        else:
+            ok = (
+                self.settings.unknown_source == "allow"
+                or self.registrar.registered_flow(origin, now)
+                or any(trunk.matches(origin) for trunk in self.settings.trunks)
+            )
+        if ok:
+            return True
+        self._count(f"refused.{origin.interface}")
+        if self.settings.unknown_source != "drop":
+            self._reject(request, origin, now, 403)
+        return False
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        out = [("Allow", ALLOW), ("Accept", ACCEPT)]
+        if self.settings.supported:
+            out.append(("Supported", ", ".join(sorted(self.settings.supported))))
+        return out
+
+    @staticmethod
+    def _token(request: Request) -> str | None:
+        uri = request.uri
+        return uri.user_unescaped if isinstance(uri, SipUri) else None
+
+    def _invite_to_pbx(self, invite: Request, origin: Origin, now: float) -> None:
         s = self.settings
+        user = _user(invite.uri)
+        if not user:
+            raise SipParseError("Request-URI without a user", 404)
+        from_ = invite.from_
+        from_user = _user(from_.uri) or "anonymous"
+        local_uri = str(NameAddr(SipUri("sip", s.domain, user=from_user), from_.display_name))
+        remote_uri = str(NameAddr(SipUri("sip", s.pbx.host, user=user)))
+        ruri = SipUri("sip", s.pbx.host, user=user, port=s.pbx.port)
+        self._invite(invite, origin, now, self.pbx, ruri, local_uri, remote_uri)
+
+    def _to_registered_user(self, request: Request, origin: Origin, now: float) -> None:
+        """A request from the PBX to ``sip:{token}@sbc``: to the user's flow, or 404/480."""
+        token = self._token(request)
+        if not token:
+            raise SipParseError("no route for this Request-URI", 404)
+        found = self.registrar.lookup(token, now)
+        if not isinstance(found, Delivery):
+            self._count(f"undeliverable.{found.status}")
+            self._reject(request, origin, now, found.status)
+            return
+        binding = found.binding
+        flow = binding.flow
+        assert isinstance(flow, Origin)
+        target = parse_uri(binding.contact, "Contact")
+        if not isinstance(target, SipUri):
+            raise SipParseError("binding without a SIP contact", 480)
+        own = self.settings.own(EXTERNAL, flow.transport)
+        from_ = request.from_
+        from_user = _user(from_.uri) or "anonymous"
+        local_uri = str(NameAddr(SipUri("sip", own.host, user=from_user), from_.display_name))
+        remote_uri = f"<{binding.aor}>"
+        if request.method == "INVITE":
+            self._invite(request, origin, now, flow, target, local_uri, remote_uri)
+        else:
+            self._relay_out_of_dialog(request, origin, now, flow, target, local_uri, remote_uri)
+
+    def _invite(
+        self, invite: Request, origin: Origin, now: float, peer: Origin, ruri: SipUri,
+        local_uri: str, remote_uri: str,
+    ) -> None:
         if not isinstance(invite.uri, SipUri | TelUri):
             raise SipParseError("unroutable Request-URI", 416)
         contacts = invite.contacts
@@ -347,48 +617,40 @@ class B2BUA:
             contacts[0].uri, SipUri
         ):
             raise SipParseError("INVITE without one Contact (RFC 3261 8.1.1.8)", 400)
-        user = _user(invite.uri)
-        if not user:
-            raise SipParseError("Request-URI without a user", 404)
         # RFC 3261 16.6 step 3: the forwarded request carries Max-Forwards minus one; 0 was
         # answered 483 by check_request (16.3 step 3).
         max_forwards = invite.max_forwards
         max_forwards = 70 if max_forwards is None else max_forwards
         if invite.body and invite.content_type == "application/sdp":
             parse_sdp(invite.body)  # an offer we cannot read is refused (488) before any state
-        a_txn = self.layers[EXTERNAL].create_server(invite, now, reliable=origin.reliable)
-        self._routes[a_txn] = _Route(EXTERNAL, origin.transport, origin.address, None, "a-invite")
+        a_txn = self.layers[origin.interface].create_server(invite, now, reliable=origin.reliable)
         a_tag = self.ids.tag()
-
-        from_ = invite.from_
-        from_user = _user(from_.uri) or "anonymous"
-        local_uri = str(NameAddr(SipUri("sip", s.domain, user=from_user), from_.display_name))
-        remote_uri = str(NameAddr(SipUri("sip", s.pbx.host, user=user)))
-        ruri = SipUri("sip", s.pbx.host, user=user, port=s.pbx.port)
-        headers = crossing_headers(invite.headers)
+        own = self.settings.own(peer.interface, peer.transport)
         b_invite = initial_request(
             self.ids, "INVITE", ruri, local_uri=local_uri, remote_uri=remote_uri,
-            local_contact=s.internal.contact(), headers=headers,
+            local_contact=own.contact(), headers=self._crossing(invite.headers),
         )
         b_invite.headers.set("Max-Forwards", str(max_forwards - 1))
-        call = Call(invite, origin, a_txn, a_tag, b_invite)
-        b_invite.body = self._cross_sdp(call, invite, INTERNAL)
+        call = Call(invite, origin, a_txn, a_tag, b_invite, peer)
+        b_invite.body = self._cross_sdp(call, invite, peer.interface)
         if not b_invite.body:
             b_invite.headers.remove("content-type")
-        self._routes[a_txn] = _Route(EXTERNAL, origin.transport, origin.address, call, "a-invite")
+        self._routes[a_txn] = _Route(origin, call, "a-invite")
         self.calls[call.a_key] = call
         self.calls[call.b_key] = call
         self._live[id(call)] = call
         self._pump(a_txn, now)  # the 100 Trying
-        call.b_txn = self._start(b_invite, INTERNAL, s.pbx.transport, s.pbx.address, call,
-                                 "b-invite", now)
+        call.b_txn = self._start(b_invite, peer, call, "b-invite", now)
 
     def _cancel(self, cancel: Request, origin: Origin, now: float) -> None:
         layer = self.layers[origin.interface]
         invite_txn = layer.find_invite_for_cancel(cancel)
         route = None if invite_txn is None else self._routes.get(invite_txn)
+        if route is not None and route.role == "relay-in" and route.relay is not None:
+            self._cancel_relay(cancel, origin, route.relay, now)
+            return
         call = None if route is None else route.call
-        if call is None or origin.interface != EXTERNAL:
+        if call is None or route is None or route.role != "a-invite":
             self._reject(cancel, origin, now, 481)  # RFC 3261 9.2
             return
         self._reject(cancel, origin, now, 200, to_tag=call.a_tag)  # RFC 3261 9.2: same To tag
@@ -399,80 +661,149 @@ class B2BUA:
             self._send_cancel(call, now)
 
     def _send_cancel(self, call: Call, now: float) -> None:
-        """The CANCEL of the B-leg INVITE (RFC 3261 9.1): its Request-URI, Call-ID, From, To,
-        CSeq number and top Via (same branch), its Route, Max-Forwards 70."""
-        invite = call.b_invite
-        h = Headers()
-        h.add("Via", invite.headers.values("via")[0])
-        h.add("Max-Forwards", "70")
-        for route in invite.headers.get_all("route"):
-            h.add("Route", route)
-        h.add("From", invite.headers.get("from") or "")
-        h.add("To", invite.headers.get("to") or "")
-        h.add("Call-ID", invite.call_id)
-        h.add("CSeq", f"{invite.cseq.seq} CANCEL")
-        cancel = Request("CANCEL", invite.uri, h)
-        pbx = self.settings.pbx
-        self._start(cancel, INTERNAL, pbx.transport, pbx.address, call, "b-cancel", now,
-                    via=False)
+        """The CANCEL of the B-leg INVITE (RFC 3261 9.1)."""
+        self._start(_cancel_for(call.b_invite), call.b_peer, call, "b-cancel", now, via=False)
         self._set_cancel_deadline(call, now + self.settings.timers.timeout)
 
+    def _cancel_relay(self, cancel: Request, origin: Origin, relay: _Relay, now: float) -> None:
+        """CANCEL of a relayed re-INVITE: 200, and a CANCEL of the other leg's re-INVITE."""
+        self._reject(cancel, origin, now, 200, to_tag=relay.to_tag)
+        if relay.final_sent or relay.cancelled or relay.client is None:
+            return
+        relay.cancelled = True
+        self._start(_cancel_for(relay.out), relay.target, relay.call, "b-cancel", now, via=False)
+
+    # -- inside a call ---------------------------------------------------------------------
+
+    def _find_call(self, request: Request, origin: Origin) -> tuple[Call, bool] | None:
+        """The call ``request`` (with a To tag) belongs to and whether it came from the A-leg
+        peer; ``None`` when it matches no call, or comes from another address than the leg's
+        peer on an unreliable transport (a spoofed in-dialog request)."""
+        key = (origin.interface, request.call_id, request.to.tag or "")
+        call = self.calls.get(key)
+        if call is None:
+            return None
+        from_a = key == call.a_key
+        dialog = call.a_dialog if from_a else call.b_dialog
+        if dialog is None or dialog.remote_tag != (request.from_.tag or ""):
+            return None
+        peer = call.a_peer if from_a else call.b_peer
+        if peer.interface == EXTERNAL and peer.host != origin.host:
+            return None  # a request for a dialog must come from that dialog's peer
+        return call, from_a
+
     def _in_dialog(self, request: Request, origin: Origin, now: float) -> None:
-        call = self.calls.get((origin.interface, request.call_id, request.to.tag or ""))
-        dialog = None
-        if call is not None:
-            dialog = call.a_dialog if origin.interface == EXTERNAL else call.b_dialog
-        if call is None or dialog is None or dialog.remote_tag != (request.from_.tag or ""):
+        found = self._find_call(request, origin)
+        if found is None:
             self._reject(request, origin, now, 481)
             return
-        if request.method != "BYE":
-            dialog.receive_request(request)  # CSeq order (500) and state (481) first
-            self._reject(request, origin, now, 501)
+        call, from_a = found
+        dialog = call.a_dialog if from_a else call.b_dialog
+        assert dialog is not None
+        if request.method == "INVITE" and (
+            call.reinvite is not None or call.state is not CallState.CONFIRMED
+        ):
+            dialog.receive_request(request)  # CSeq order (500) first
+            self._reject(request, origin, now, 491)  # RFC 3261 14.2
             return
-        dialog.receive_request(request)
-        self._reject(request, origin, now, 200)
-        self._bye_other_leg(call, request, origin.interface, now)
+        dialog.receive_request(request)  # CSeq order (500) and state (481) first
+        if request.method == "BYE":
+            self._reject(request, origin, now, 200)
+            self._bye_other_leg(call, request, from_a, now)
+            return
+        if request.method == "PRACK":  # reliable provisionals are not offered (100rel removed)
+            self._reject(request, origin, now, 481)
+            return
+        self._relay_in_dialog(call, from_a, request, origin, now)
 
-    def _bye_other_leg(self, call: Call, bye: Request, from_side: str, now: float) -> None:
+    def _relay_in_dialog(
+        self, call: Call, from_a: bool, request: Request, origin: Origin, now: float
+    ) -> None:
+        other = call.b_dialog if from_a else call.a_dialog
+        target = call.b_peer if from_a else call.a_peer
+        assert other is not None
+        body, headers = self._crossing_body(call, request, target.interface)
+        try:
+            out = other.create_request(request.method, body=body, headers=headers)
+        except DialogError:
+            self._reject(request, origin, now, 491 if request.method == "INVITE" else 481)
+            return
+        if request.max_forwards is not None:
+            out.headers.set("Max-Forwards", str(max(request.max_forwards - 1, 0)))
+        server = self.layers[origin.interface].create_server(
+            request, now, reliable=origin.reliable, trying=request.method == "INVITE"
+        )
+        relay = _Relay(origin, request, server, target, out, call=call, from_a=from_a)
+        self._routes[server] = _Route(origin, call, "relay-in", relay)
+        call.relays[id(relay)] = relay
+        if request.method == "INVITE":
+            call.reinvite = relay
+        self._pump(server, now)
+        relay.client = self._start(out, target, call, "relay-out", now, relay=relay)
+
+    def _bye_other_leg(self, call: Call, bye: Request, from_a: bool, now: float) -> None:
         headers = crossing_headers(bye.headers)
         call.state = CallState.ENDING
-        if from_side == EXTERNAL:
+        for relay in list(call.relays.values()):  # RFC 3261 15.1.2: pending requests get 487
+            if not relay.final_sent:
+                self._answer_relay(relay, build_response(relay.request, 487), now)
+        if from_a:
             assert call.b_dialog is not None
-            if call.b_ack is None:  # a BYE before the phone's ACK: ACK the PBX's 2xx first
+            if call.b_ack is None:  # a BYE before the caller's ACK: ACK the callee's 2xx first
                 self._ack_b(call)
             request = call.b_dialog.create_request("BYE", headers=headers)
-            pbx = self.settings.pbx
-            self._start(request, INTERNAL, pbx.transport, pbx.address, call, "bye", now)
+            self._start(request, call.b_peer, call, "bye", now)
         else:
             assert call.a_dialog is not None
             request = call.a_dialog.create_request("BYE", headers=headers)
-            a = call.a_origin
-            self._start(request, EXTERNAL, a.transport, a.address, call, "bye", now)
+            self._start(request, call.a_peer, call, "bye", now)
 
     def _ack(self, ack: Request, origin: Origin, now: float) -> None:
-        """An ACK that matched no transaction: the ACK of a 2xx (RFC 3261 13.2.2.4), which the
-        SBC answers with its own ACK on the B-leg; anything else is dropped."""
-        if origin.interface != EXTERNAL or ack.to.tag is None:
+        """An ACK that matched no transaction: the ACK of a 2xx (RFC 3261 13.2.2.4), of the
+        call's INVITE or of a relayed re-INVITE; anything else is dropped."""
+        if ack.to.tag is None:
             return
-        call = self.calls.get((EXTERNAL, ack.call_id, ack.to.tag))
-        if call is None or call.a_dialog is None or call.b_dialog is None:
+        found = self._find_call(ack, origin)
+        if found is None:
             return
-        if call.a_dialog.remote_tag != (ack.from_.tag or "") or ack.cseq.seq != (
-            call.a_invite.cseq.seq
+        call, from_a = found
+        if from_a and ack.cseq.seq == call.a_invite.cseq.seq:
+            if call.b_dialog is not None:
+                self._ack_received(call, ack, now)
+            return
+        relay = call.reinvite
+        if relay is not None and relay.from_a == from_a and (
+            ack.cseq.seq == relay.request.cseq.seq
         ):
-            return
-        self._ack_received(call, ack, now)
+            self._relay_ack(relay, ack, now)
+
+    def _relay_ack(self, relay: _Relay, ack: Request, now: float) -> None:
+        call = relay.call
+        assert call is not None
+        if relay.ack is None:
+            other = call.b_dialog if relay.from_a else call.a_dialog
+            assert other is not None
+            try:
+                body, headers = self._crossing_body(call, ack, relay.target.interface)
+            except SdpError:
+                body, headers = b"", []
+            relay.ack = other.create_ack(relay.out.cseq.seq, body=body, headers=headers)
+            own = self.settings.own(relay.target.interface, relay.target.transport)
+            relay.ack.headers.prepend("Via", own.via(self.ids.branch()))
+            if call.reinvite is relay:
+                call.reinvite = None
+        self._send(relay.target, relay.ack)
 
     def _ack_received(self, call: Call, ack: Request, now: float) -> None:
         if call.b_ack is None:
             assert call.b_dialog is not None
             try:
-                body = self._cross_sdp(call, ack, INTERNAL)
+                body = self._cross_sdp(call, ack, call.b_peer.interface)
             except SdpError:
-                body = b""  # an ACK cannot be refused; the PBX gets no answer (RFC 3261 13.3.1.4)
-            headers = crossing_headers(ack.headers) if body else []
+                body = b""  # an ACK cannot be refused; the callee gets no answer (13.3.1.4)
+            headers = self._crossing(ack.headers) if body else []
             b_ack = call.b_dialog.create_ack(call.b_invite.cseq.seq, body=body, headers=headers)
-            b_ack.headers.prepend("Via", self.settings.internal.via(self.ids.branch()))
+            b_ack.headers.prepend("Via", self._own(call.b_peer).via(self.ids.branch()))
             call.b_ack = b_ack
             if call.state is CallState.ANSWERED:
                 call.state = CallState.CONFIRMED
@@ -480,19 +811,98 @@ class B2BUA:
 
     def _send_b_ack(self, call: Call) -> None:
         assert call.b_ack is not None
-        pbx = self.settings.pbx
-        self._commands.append(Send(INTERNAL, pbx.transport, pbx.address, call.b_ack))
+        self._send(call.b_peer, call.b_ack)
 
     def _stray_2xx(self, response: Response, origin: Origin, now: float) -> None:
         """A 2xx retransmission after the B-leg INVITE transaction ended (Timer M): re-ACK it
         if it belongs to a call whose ACK was sent (RFC 3261 13.2.2.4)."""
-        if origin.interface != INTERNAL:
-            return
-        call = self.calls.get((INTERNAL, response.call_id, response.from_.tag or ""))
-        if call is not None and call.b_ack is not None and response.cseq.seq == (
-            call.b_invite.cseq.seq
+        key = (origin.interface, response.call_id, response.from_.tag or "")
+        call = self.calls.get(key)
+        if call is not None and key == call.b_key and call.b_ack is not None and (
+            response.cseq.seq == call.b_invite.cseq.seq
         ):
             self._send_b_ack(call)
+
+    # -- registration relay ----------------------------------------------------------------
+
+    def _register(self, request: Request, origin: Origin, now: float) -> None:
+        own = self.settings.internal
+        prepared = self.registrar.prepare_register(
+            request, origin, origin.address, now, (own.host, own.port), own.transport
+        )
+        if isinstance(prepared, RegisterRejected):
+            extra = [] if prepared.min_expires is None else [
+                ("Min-Expires", str(prepared.min_expires))
+            ]
+            self._reject(request, origin, now, prepared.status, extra)
+            return
+        server = self.layers[EXTERNAL].create_server(
+            request, now, reliable=origin.reliable, trying=False
+        )
+        if self._sweep_at is None:
+            self._sweep_at = now + SWEEP_INTERVAL
+        to_tag = self.ids.tag()
+        if not prepared.relay:
+            outcome = self.registrar.answer_locally(prepared.handle, now)
+            self._count("register.local")
+            self._routes[server] = _Route(origin, None, "local")
+            server.send_response(self._register_answer(request, outcome, to_tag, []), now)
+            self._pump(server, now)
+            return
+        h = Headers()
+        max_forwards = request.max_forwards
+        h.add("Max-Forwards", str(69 if max_forwards is None else max(max_forwards - 1, 0)))
+        h.add("From", request.headers.get("from") or "")
+        h.add("To", request.headers.get("to") or "")
+        h.add("Call-ID", self._register_call_id(request.call_id))
+        h.add("CSeq", f"{request.cseq.seq} REGISTER")
+        for contact in prepared.contacts:
+            h.add("Contact", contact)
+        if prepared.expires is not None:
+            h.add("Expires", str(prepared.expires))
+        for name, value in self._crossing(request.headers):
+            if canonical_name(name) not in ("expires", "content-type"):
+                h.add(name, value)
+        out = Request("REGISTER", request.uri, h)
+        relay = _Relay(origin, request, server, self.pbx, out, handle=prepared.handle,
+                       to_tag=to_tag)
+        self._routes[server] = _Route(origin, None, "relay-in", relay)
+        relay.client = self._start(out, self.pbx, None, "relay-out", now, relay=relay)
+
+    def _register_call_id(self, call_id: str) -> str:
+        if self._call_id_key is None:
+            self._call_id_key = self.ids.token(16).encode()
+        digest = hashlib.blake2b(call_id.encode(), key=self._call_id_key, digest_size=16)
+        return digest.hexdigest()
+
+    def _register_answer(
+        self, request: Request, outcome: RegisterOutcome, to_tag: str | None,
+        extra: list[tuple[str, str]],
+    ) -> Response:
+        status = outcome.status
+        if 200 <= status < 300:
+            extra = [(n, v) for n, v in extra if canonical_name(n) != "expires"]
+            extra += [("Contact", c) for c in outcome.client_contacts]
+            if outcome.client_expires is not None:
+                extra.append(("Expires", str(outcome.client_expires)))
+        return build_response(request, status, to_tag=to_tag, extra=extra)
+
+    # -- requests relayed outside a call (OPTIONS to a registered user) ---------------------
+
+    def _relay_out_of_dialog(
+        self, request: Request, origin: Origin, now: float, target: Origin, ruri: SipUri,
+        local_uri: str, remote_uri: str,
+    ) -> None:
+        out = initial_request(
+            self.ids, request.method, ruri, local_uri=local_uri, remote_uri=remote_uri,
+            headers=self._crossing(request.headers),
+        )
+        server = self.layers[origin.interface].create_server(
+            request, now, reliable=origin.reliable, trying=False
+        )
+        relay = _Relay(origin, request, server, target, out, to_tag=self.ids.tag())
+        self._routes[server] = _Route(origin, None, "relay-in", relay)
+        relay.client = self._start(out, target, None, "relay-out", now, relay=relay)
 
     # -- transaction events ----------------------------------------------------------------
 
@@ -502,9 +912,7 @@ class B2BUA:
         while True:
             for message in txn.messages_to_send():
                 if route is not None:
-                    self._commands.append(
-                        Send(route.interface, route.transport, route.destination, message)
-                    )
+                    self._send(route.peer, message)
             event = txn.next_event()
             if event is None:
                 break
@@ -514,6 +922,16 @@ class B2BUA:
             self._routes.pop(txn, None)
 
     def _event(self, txn: Transaction, route: _Route, event: Event, now: float) -> None:
+        if route.role == "relay-out" and route.relay is not None:
+            self._relay_event(route.relay, event, now)
+            return
+        if route.role == "relay-in" and route.relay is not None:
+            if isinstance(event, AckReceived) and route.relay.call is not None:
+                if route.relay.call.reinvite is route.relay or route.relay.ack is not None:
+                    self._relay_ack(route.relay, event.request, now)  # it reused the branch
+            elif isinstance(event, Terminated):
+                self._forget_relay(route.relay)
+            return
         call = route.call
         if call is None:
             return
@@ -526,8 +944,8 @@ class B2BUA:
                 self._b_invite_response(call, event.response, now)
             elif isinstance(event, TimedOut):
                 self._fail_a_leg(call, 408, now)  # Timer B (RFC 3261 17.1.1.2)
-            elif isinstance(event, TransportFailed):
-                self._fail_a_leg(call, 503, now)  # RFC 3261 8.1.3.1
+            elif isinstance(event, TransportFailed):  # RFC 3261 8.1.3.1; RFC 5626 5.3
+                self._fail_a_leg(call, 480 if call.b_peer.interface == EXTERNAL else 503, now)
         elif route.role == "a-invite":
             if isinstance(event, AckReceived):  # a 2xx ACK that reused the INVITE's branch
                 if call.a_dialog is not None and call.b_dialog is not None:
@@ -539,6 +957,91 @@ class B2BUA:
             if final or isinstance(event, TimedOut | TransportFailed):
                 self._end(call)
         # "b-cancel": the 200 to our CANCEL changes nothing; the INVITE's final does.
+
+    def _relay_event(self, relay: _Relay, event: Event, now: float) -> None:
+        if isinstance(event, ResponseReceived):
+            self._relay_response_back(relay, event.response, now)
+        elif isinstance(event, TimedOut):
+            self._relay_failed(relay, 408, now)
+        elif isinstance(event, TransportFailed):
+            self._relay_failed(relay, 480 if relay.target.interface == EXTERNAL else 503, now)
+        elif isinstance(event, Terminated) and relay.final_sent:
+            self._forget_relay(relay)
+
+    def _relay_failed(self, relay: _Relay, status: int, now: float) -> None:
+        if relay.handle is not None:
+            self.registrar.on_pbx_response(relay.handle, build_response(relay.out, status), now)
+        self._answer_relay(relay, build_response(relay.request, status, to_tag=relay.to_tag),
+                           now)
+
+    def _relay_response_back(self, relay: _Relay, response: Response, now: float) -> None:
+        status = response.status
+        method = relay.request.method
+        if status == 100:
+            relay.provisional = True
+            return
+        call = relay.call
+        if relay.final_sent:
+            # A retransmitted 2xx of a relayed re-INVITE: ACK it again (RFC 3261 13.2.2.4).
+            if relay.ack is not None and 200 <= status < 300:
+                self._send(relay.target, relay.ack)
+            return
+        if status < 200:
+            relay.provisional = True
+            if method != "INVITE":
+                return  # provisionals of a non-INVITE carry nothing worth relaying
+        other = None
+        if call is not None:
+            other = call.b_dialog if relay.from_a else call.a_dialog
+            if other is not None:
+                with contextlib.suppress(SipParseError):
+                    other.receive_response(response)
+        extra: list[tuple[str, str]]
+        if relay.handle is not None:
+            outcome = self.registrar.on_pbx_response(relay.handle, response, now)
+            if outcome.auth_failure:
+                self._count("register.auth_failure")
+            answer = self._register_answer(
+                relay.request, outcome, relay.to_tag, self._crossing(response.headers)
+            )
+            self._answer_relay(relay, answer, now)
+            return
+        try:
+            body, extra = (
+                self._crossing_body(call, response, relay.source.interface)
+                if call is not None else (b"", self._crossing(response.headers))
+            )
+        except SdpError:
+            if status < 200:
+                return
+            body, extra = b"", []
+            status = 502
+        if not body:
+            extra = [(n, v) for n, v in extra if canonical_name(n) != "content-type"]
+        if 200 <= status < 300 and method in ("INVITE", "UPDATE"):
+            extra.insert(0, ("Contact", self._own(relay.source).contact()))
+        answer = build_response(relay.request, status, REASON_PHRASES.get(status, "Unknown"),
+                                to_tag=relay.to_tag, extra=extra, body=body)
+        self._answer_relay(relay, answer, now)
+        if status >= 300 and call is not None and call.reinvite is relay:
+            call.reinvite = None  # a non-2xx to a re-INVITE: its transaction ACKs it
+
+    def _answer_relay(self, relay: _Relay, response: Response, now: float) -> None:
+        if relay.final_sent:
+            return
+        if response.status >= 200:
+            relay.final_sent = True
+        relay.server.send_response(response, now)
+        self._pump(relay.server, now)
+
+    def _forget_relay(self, relay: _Relay) -> None:
+        call = relay.call
+        if call is None:
+            return
+        if relay.server.terminated and (relay.client is None or relay.client.terminated):
+            call.relays.pop(id(relay), None)
+            if call.reinvite is relay and relay.ack is None and relay.final_sent:
+                call.reinvite = None
 
     def _b_invite_response(self, call: Call, response: Response, now: float) -> None:
         status = response.status
@@ -583,7 +1086,7 @@ class B2BUA:
             return
         try:
             a_response = self._relay_response(call, response, now)
-        except SdpError:  # an answer the phone could not use: refuse the call on both legs
+        except SdpError:  # an answer the caller could not use: refuse the call on both legs
             self._fail_a_leg(call, 502, now)
             self._ack_and_bye_b(call, now)
             return
@@ -596,14 +1099,13 @@ class B2BUA:
         assert call.a_dialog is not None
         self._ack_and_bye_b(call, now)
         bye = call.a_dialog.create_request("BYE")
-        a = call.a_origin
-        self._start(bye, EXTERNAL, a.transport, a.address, call, "bye", now)
+        self._start(bye, call.a_peer, call, "bye", now)
 
     def _ack_b(self, call: Call) -> None:
-        """ACK the PBX's 2xx without waiting for the phone's ACK (no body)."""
+        """ACK the callee's 2xx without waiting for the caller's ACK (no body)."""
         assert call.b_dialog is not None
         b_ack = call.b_dialog.create_ack(call.b_invite.cseq.seq)
-        b_ack.headers.prepend("Via", self.settings.internal.via(self.ids.branch()))
+        b_ack.headers.prepend("Via", self._own(call.b_peer).via(self.ids.branch()))
         call.b_ack = b_ack
         self._send_b_ack(call)
 
@@ -612,20 +1114,19 @@ class B2BUA:
         if call.b_ack is None:
             self._ack_b(call)
         bye = call.b_dialog.create_request("BYE")
-        pbx = self.settings.pbx
         call.state = CallState.ENDING
-        self._start(bye, INTERNAL, pbx.transport, pbx.address, call, "bye", now)
+        self._start(bye, call.b_peer, call, "bye", now)
 
     def _relay_response(self, call: Call, response: Response, now: float) -> Response:
         """The A-leg copy of a B-leg response to the INVITE: built from the A-leg INVITE, the
         SBC's To tag and Contact, the crossing headers and the SDP with the SBC's origin."""
         status = response.status
-        extra = crossing_headers(response.headers)
-        body = self._cross_sdp(call, response, EXTERNAL) if status < 300 else b""
+        extra = self._crossing(response.headers)
+        body = self._cross_sdp(call, response, call.a_peer.interface) if status < 300 else b""
         if not body:
-            extra = [(n, v) for n, v in extra if n.lower() not in ("content-type", "c")]
+            extra = [(n, v) for n, v in extra if canonical_name(n) != "content-type"]
         if status < 300:
-            extra.insert(0, ("Contact", self.settings.external.contact()))
+            extra.insert(0, ("Contact", self._own(call.a_peer).contact()))
         a_response = build_response(
             call.a_invite, status, REASON_PHRASES.get(status, "Unknown"),
             to_tag=call.a_tag, extra=extra, body=body,
@@ -657,19 +1158,24 @@ class B2BUA:
             if self.calls.get(key) is call:
                 del self.calls[key]
         self._live.pop(id(call), None)
+        call.reinvite = None
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _own(self, peer: Origin) -> SipAddress:
+        return self.settings.own(peer.interface, peer.transport)
+
+    def _send(self, peer: Origin, message: Request | Response) -> None:
+        self._commands.append(Send(peer.interface, peer.transport, peer.address, message))
+
     def _start(
-        self, request: Request, interface: str, transport: str, destination: Address,
-        call: Call, role: str, now: float, *, via: bool = True,
+        self, request: Request, peer: Origin, call: Call | None, role: str, now: float, *,
+        via: bool = True, relay: _Relay | None = None,
     ) -> ClientTransaction:
         if via:
-            own = self.settings.external if interface == EXTERNAL else self.settings.internal
-            request.headers.prepend("Via", own.via(self.ids.branch()))
-        reliable = transport.lower() in RELIABLE_TRANSPORTS
-        txn = self.layers[interface].start_client(request, now, reliable=reliable)
-        self._routes[txn] = _Route(interface, transport, destination, call, role)
+            request.headers.prepend("Via", self._own(peer).via(self.ids.branch()))
+        txn = self.layers[peer.interface].start_client(request, now, reliable=peer.reliable)
+        self._routes[txn] = _Route(peer, call, role, relay)
         self._pump(txn, now)
         return txn
 
@@ -688,13 +1194,45 @@ class B2BUA:
         try:
             txn = layer.create_server(request, now, reliable=origin.reliable, trying=False)
         except SipParseError:  # an RFC 2543 branch: answer statelessly
-            self._commands.append(Send(origin.interface, origin.transport, origin.address,
-                                       response))
+            self._send(origin, response)
             return
-        self._routes[txn] = _Route(origin.interface, origin.transport, origin.address, None,
-                                   "local")
+        self._routes[txn] = _Route(origin, None, "local")
         txn.send_response(response, now)
         self._pump(txn, now)
+
+    def _crossing(self, headers: Headers) -> list[tuple[str, str]]:
+        """The headers that cross to the other leg, with leg-bound option tags removed."""
+        out = []
+        for name, value in crossing_headers(headers):
+            if canonical_name(name) in ("supported", "require"):
+                tags = [t.strip() for t in value.split(",")]
+                kept = [t for t in tags if t and t.lower() not in LEG_BOUND_OPTION_TAGS]
+                if not kept:
+                    continue
+                value = ", ".join(kept)
+            out.append((name, value))
+        return out
+
+    def _crossing_body(
+        self, call: Call | None, source: Request | Response, to_side: str
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        """The body and headers of ``source`` as they may appear on ``to_side`` inside a call:
+        SDP through :meth:`_cross_sdp`, a few address-free types as they are, nothing else."""
+        headers = self._crossing(source.headers)
+        content_type = source.content_type
+        if not source.body:
+            body = b""
+        elif content_type == "application/sdp" and call is not None:
+            body = self._cross_sdp(call, source, to_side)
+        elif content_type in CROSSING_BODY_TYPES:
+            body = source.body
+        else:
+            body = b""
+        if not body:
+            headers = [(n, v) for n, v in headers
+                       if canonical_name(n) not in ("content-type", "content-disposition",
+                                                    "content-encoding", "content-language")]
+        return body, headers
 
     def _cross_sdp(self, call: Call, source: Request | Response, to_side: str) -> bytes:
         """The body of ``source`` as it may appear on ``to_side``: only SDP crosses, with the
@@ -714,6 +1252,21 @@ class B2BUA:
                                 sess_version=origin.version, username=SDP_USERNAME).to_bytes()
 
 
+def _cancel_for(invite: Request) -> Request:
+    """The CANCEL of ``invite`` (RFC 3261 9.1): its Request-URI, Call-ID, From, To, CSeq number
+    and top Via (same branch), its Route, Max-Forwards 70."""
+    h = Headers()
+    h.add("Via", invite.headers.values("via")[0])
+    h.add("Max-Forwards", "70")
+    for route in invite.headers.get_all("route"):
+        h.add("Route", route)
+    h.add("From", invite.headers.get("from") or "")
+    h.add("To", invite.headers.get("to") or "")
+    h.add("Call-ID", invite.call_id)
+    h.add("CSeq", f"{invite.cseq.seq} CANCEL")
+    return Request("CANCEL", invite.uri, h)
+
+
 def _stamp_received(request: Request, origin: Origin) -> None:
     """Stamp ``received`` and ``rport`` on the top Via (RFC 3261 18.2.1, RFC 3581 4), so the
     responses, which copy it, tell a NATed client where they came from."""
@@ -728,6 +1281,10 @@ def _user(uri: object) -> str | None:
     if isinstance(uri, TelUri):
         return uri.number
     return None
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _numeric_id(token: str) -> str:
@@ -747,4 +1304,5 @@ __all__ = [
     "Origin",
     "Send",
     "SipAddress",
+    "Trunk",
 ]

@@ -601,6 +601,15 @@ class Registrar:
             return Undeliverable(480, "flow closed")
         return Delivery(b)
 
+    def registered_flow(self, flow: Flow, now: float) -> bool:
+        """True when ``flow`` carries a live registration: an active binding, not expired, its
+        connection still up.  The B2BUA admits calls from such a flow."""
+        for tok in self._by_flow.get(flow, ()):
+            b = self._by_token[tok]
+            if b.state is BindingState.ACTIVE and b.flow_alive and now < b.client_expires_at:
+                return True
+        return False
+
     def flow_closed(self, flow: Flow, now: float) -> list[str]:
         """The connection ``flow`` is gone: its bindings answer 480 from now on, but are kept
         until they expire so the PBX-side registration can still be refreshed or removed.

@@ -3,27 +3,22 @@
 Theory of operation
 -------------------
 The transport protocols (:mod:`sbc.net.transport`) parse and frame; each well-formed message
-comes here with the interface, the transport and the source address it arrived on.  The driver
-stamps ``now`` from the injected clock (``IReactorTime.seconds()``), picks the core, and writes
-what the core asks for:
-
-* external interface: INVITE, ACK, BYE, CANCEL and every response go to the :class:`B2BUA`;
-  OPTIONS is answered 200 by the :class:`StatelessCore`; any other request (REGISTER,
-  SUBSCRIBE, MESSAGE, ...) still gets the stateless ``503`` + ``Retry-After`` (registration
-  relay is not wired yet);
-* internal interface (the PBX side): everything goes to the B2BUA (responses, in-dialog BYE;
-  an INVITE from the PBX is answered 404 and other requests outside a call 405 by the B2BUA).
-
-Malformed traffic never reaches the driver: the protocols hand it to
-:meth:`StatelessCore.receive_error` as before.
+comes here with the interface, the transport and the source address it arrived on, and goes to
+the :class:`B2BUA` as an :class:`Origin` (over TLS with the names of the client certificate,
+so a trunk can be recognised by it).  The driver stamps ``now`` from the injected clock
+(``IReactorTime.seconds()``) and writes what the core asks for.  Malformed traffic never
+reaches the driver: the protocols hand it to :meth:`StatelessCore.receive_error`.
 
 After every input the driver drains :meth:`B2BUA.commands` and writes each :class:`Send`:
 over UDP through the interface's UDP listener (``transport.write(bytes, (host, port))``), over
 TCP/TLS back through the live stream connection the peer used, looked up by (interface, peer
-host, peer port).  There is no such connection when the peer has gone; the message is counted
-(``driver.no_connection``) and dropped.  Opening outbound TCP/TLS connections (towards the PBX,
-or back to a phone whose connection closed) is not done in this slice: the PBX is reached over
-UDP only, which :func:`b2bua_settings_from` enforces.
+host, peer port).  There is no such connection when the peer has gone: the message is counted
+(``driver.no_connection``) and the B2BUA is told (:meth:`B2BUA.send_failed`), so the call to
+a user whose connection closed fails with 480 instead of waiting for a timeout.  A closed
+connection is also reported as a closed flow (:meth:`B2BUA.flow_closed`): the registrations
+made over it stop taking calls (RFC 5626 5.3).  Opening outbound TCP/TLS connections (towards
+the PBX, or back to a phone whose connection closed) is not done: the PBX is reached over UDP
+only, which :func:`b2bua_settings_from` enforces.
 
 It keeps exactly one ``callLater`` armed at :meth:`B2BUA.get_timer`, re-armed after every input
 and every firing.  An exception inside a core is logged and counted (``internal.error``) and
@@ -44,8 +39,11 @@ from sbc.gateway.b2bua import (
     INTERNAL,
     B2buaSettings,
     Origin,
+    Send,
     SipAddress,
+    Trunk,
 )
+from sbc.gateway.registrar import RegistrationPolicy
 from sbc.gateway.stateless import StatelessCore
 from sbc.sip.message import Request, Response
 from sbc.sip.transaction import TimerSettings
@@ -54,8 +52,6 @@ if TYPE_CHECKING:
     from sbc.config import Config
 
 log = Logger(namespace="sbc.driver")
-
-B2BUA_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL"})  # external requests relayed
 
 Address = tuple[str, int]
 
@@ -77,20 +73,33 @@ def b2bua_settings_from(config: Config) -> B2buaSettings:
     if not internal.udp.enabled:
         raise ConfigError("the internal interface needs its UDP listener: this build reaches "
                           "the PBX over UDP only", path="interfaces.internal.udp.enabled")
-    for transport, tc in (("udp", ext.udp), ("tcp", ext.tcp), ("tls", ext.tls)):
-        if tc.enabled:
-            external = SipAddress(ext.public_address, tc.port, transport)
-            break
-    else:
+    listeners = tuple(
+        SipAddress(ext.public_address, tc.port, transport)
+        for transport, tc in (("udp", ext.udp), ("tcp", ext.tcp), ("tls", ext.tls))
+        if tc.enabled
+    )
+    if not listeners:
         raise ConfigError("the external interface has no listener enabled",
                           path="interfaces.external")
     timers = config.timers
+    reg = config.registration
     return B2buaSettings(
-        external=external,
+        external=listeners[0],
         internal=SipAddress(internal.address, internal.udp.port, "udp"),
         pbx=SipAddress(pbx.address, pbx.port, "udp"),
         domain=pbx.address,
         timers=TimerSettings(t1=timers.t1, t2=timers.t2, t4=timers.t4),
+        listeners=listeners,
+        registration=RegistrationPolicy(
+            client_max_expires=reg.client_max_expires,
+            client_min_expires=reg.client_min_expires,
+            pbx_min_expires=reg.pbx_min_expires,
+            pbx_max_expires=reg.pbx_max_expires,
+        ),
+        trunks=tuple(
+            Trunk(p.name, p.cidrs, p.transport, p.tls_subject) for p in config.trusted_peers
+        ),
+        unknown_source=config.routing.unknown_source,
     )
 
 
@@ -121,6 +130,14 @@ class Driver:
         key = (interface, source[0], source[1])
         if self.streams.get(key) is stream:
             del self.streams[key]
+        transport = "tls" if getattr(stream, "tls", False) else "tcp"
+        try:
+            self.b2bua.flow_closed(Origin(interface, transport, source[0], source[1]),
+                                   self.clock.seconds())
+        except Exception:
+            self.counters["internal.error"] += 1
+            log.failure("b2bua failed on a closed flow from {source}", source=source[0])
+        self._flush()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -131,18 +148,23 @@ class Driver:
         transport: str,
         source: Address,
     ) -> bytes | None:
-        """A well-formed message; returns a stateless answer for ``source``, if any (B2BUA
-        output is written by the driver itself)."""
-        if (interface == EXTERNAL and isinstance(message, Request)
-                and message.method not in B2BUA_METHODS):
-            return self.core.receive_message(message, source)
+        """A well-formed message.  The B2BUA's output is written by the driver itself, so this
+        returns ``None`` (the protocols' stateless-answer path stays for malformed input)."""
         if isinstance(message, Request):
             self.counters[f"request.{message.method}"] += 1
         else:
-            self.counters["response.relayed"] += 1
+            self.counters["response.received"] += 1
         now = self.clock.seconds()
+        identity: tuple[str, ...] = ()
+        if transport == "tls":
+            stream = self.streams.get((interface, source[0], source[1]))
+            peer = getattr(stream, "peer_identity", None)
+            if peer is not None:  # RFC 5922 7.1: the CN only when there is no SAN
+                sans = (*peer.dns_names, *peer.ip_addresses, *peer.uris)
+                identity = sans or ((peer.common_name,) if peer.common_name else ())
+        origin = Origin(interface, transport, source[0], source[1], identity)
         try:
-            self.b2bua.receive(message, Origin(interface, transport, source[0], source[1]), now)
+            self.b2bua.receive(message, origin, now)
         except Exception:
             self.counters["internal.error"] += 1
             log.failure("b2bua failed on a message from {source}", source=source[0])
@@ -168,29 +190,43 @@ class Driver:
             self.counters["internal.error"] += 1
             log.failure("b2bua failed to hand over its commands")
             commands = []
+        failed: list[Send] = []
         for command in commands:
             try:
-                self._send(command.interface, command.transport, command.destination,
-                           command.message.to_bytes())
+                if not self._send(command.interface, command.transport, command.destination,
+                                  command.message.to_bytes()):
+                    failed.append(command)
             except Exception:
                 self.counters["internal.error"] += 1
                 log.failure("cannot send to {destination}", destination=command.destination[0])
+        if failed:
+            now = self.clock.seconds()
+            for command in failed:
+                try:
+                    self.b2bua.send_failed(command, now)
+                except Exception:
+                    self.counters["internal.error"] += 1
+                    log.failure("b2bua failed on a failed send")
+            self._flush()  # what the failures produced (a 480, ...); never fails again the same
+            return
         self._rearm()
 
-    def _send(self, interface: str, transport: str, destination: Address, data: bytes) -> None:
+    def _send(self, interface: str, transport: str, destination: Address, data: bytes) -> bool:
+        """Write ``data``; False when there is no way to reach ``destination`` now."""
         if transport.lower() == "udp":
             udp = self.udp.get(interface)
             if udp is None:
                 self.counters["driver.no_udp_listener"] += 1
-                return
+                return False
             udp.write(data, destination)
         else:
             stream = self.streams.get((interface, destination[0], destination[1]))
             if stream is None:
                 self.counters["driver.no_connection"] += 1
-                return
+                return False
             stream.send(data)
         self.counters[f"sent.{interface}"] += 1
+        return True
 
     def _rearm(self) -> None:
         try:
@@ -214,4 +250,4 @@ class Driver:
         self._timer_at = None
 
 
-__all__ = ["B2BUA_METHODS", "INTERNAL", "Driver", "b2bua_settings_from"]
+__all__ = ["EXTERNAL", "INTERNAL", "Driver", "b2bua_settings_from"]

@@ -822,6 +822,11 @@ class TransactionLayer:
             return None
         return self._clients.get((via.branch.lower(), response.cseq.method))
 
+    def find_client(self, branch: str, method: str) -> ClientTransaction | None:
+        """The client transaction that sent a request with top Via ``branch`` and CSeq
+        ``method`` (for a transport error reported by the edge, RFC 3261 17.1.4)."""
+        return self._clients.get((branch.lower(), method))
+
     def match_request(self, request: Request) -> ServerTransaction | None:
         """The server transaction ``request`` belongs to (RFC 3261 17.2.3), if any: the one it
         retransmits, or for an ACK the INVITE it acknowledges (ACKs for 2xx carry a new branch

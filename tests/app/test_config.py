@@ -345,7 +345,8 @@ def test_unknown_top_level_key(d: Path) -> None:
     """An unknown section lists the known sections."""
     assert errors(d, "medai: {}\n") == [
         "1:1: medai: unknown key 'medai', did you mean 'media'? (expected one of: node, logging, "
-        "interfaces, limits, timers, pbx, trusted_peers, tls, media, state, rules, events, admin)"
+        "interfaces, limits, timers, pbx, trusted_peers, registration, routing, tls, media, state, "
+            "rules, events, admin)"
     ]
 
 

@@ -16,6 +16,7 @@ SETTINGS = B2buaSettings(
     pbx=SipAddress("10.0.0.5", 5060, "udp"),
     domain="pbx.internal.example",
     timers=TimerSettings(),
+    unknown_source="allow",  # admission has tests of its own (test_b2bua_admission.py)
 )
 PBX_TAG = "as-pbx-tag-77"
 SERVER = ("Server", "Asterisk PBX 20.5.2")
@@ -440,8 +441,9 @@ def test_pbx_2xx_retransmission_before_ack_is_relayed() -> None:
     hidden(p)
 
 
-def test_invite_from_pbx_is_refused() -> None:
-    """Calls from the PBX to external users are not routed yet: 404."""
+def test_invite_from_pbx_to_no_registered_user_is_404() -> None:
+    """A call from the PBX whose Request-URI names no registration token is not routed: 404
+    (the calls to registered users are in test_b2bua_flows.py)."""
     p = setup()
     raw = invite(body=b"")
     for outside, inside in ((b"192.0.2.101", b"10.0.0.5"), (b"Linphone", b"Asterisk"),
@@ -478,17 +480,6 @@ def test_missing_ack_tears_the_call_down() -> None:
     p.pbx(respond(bye, 200), T0 + 34.2)
     assert len(p.b2bua) == 0
     hidden(p, b_invite.call_id)
-
-
-def test_in_dialog_request_other_than_bye_is_501() -> None:
-    """Inside a call, requests other than BYE (re-INVITE, INFO, ...) are answered 501 for now."""
-    p = setup()
-    _, a_200, _ = established(p)
-    info = phone_request("INFO", a_200.headers.get("to") or "", 21, "z9hG4bKphoneI")
-    p.phone(info, T0 + 10)
-    one_response(p.to_phone(), 501)
-    assert p.to_pbx() == [] and len(p.b2bua) == 1
-    hidden(p)
 
 
 def test_bye_before_ack_acks_the_pbx_first() -> None:

@@ -29,6 +29,7 @@ SETTINGS = B2buaSettings(
     internal=SipAddress("10.0.0.1", 5060, "udp"),
     pbx=SipAddress("10.0.0.5", 5060, "udp"),
     domain="10.0.0.5",
+    unknown_source="allow",
 )
 PHONE = ("192.0.2.101", 5060)
 PBX = ("10.0.0.5", 5060)
@@ -76,7 +77,7 @@ def make() -> tuple[Driver, Clock, Udp, Udp]:
     return driver, clock, ext, internal
 
 
-def test_invite_goes_to_the_pbx_and_options_register_stay_stateless() -> None:
+def test_every_request_goes_to_the_b2bua() -> None:
     driver, clock, ext, internal = make()
     assert driver.receive(request("INVITE"), EXTERNAL, "udp", PHONE) is None
     assert [parse_message(d).status for d, _ in ext.written] == [100]  # type: ignore[union-attr]
@@ -85,10 +86,14 @@ def test_invite_goes_to_the_pbx_and_options_register_stay_stateless() -> None:
     assert isinstance(b_invite, Request) and b_invite.method == "INVITE"
     assert b"phone-call-1" not in internal.written[0][0]
 
-    options = driver.receive(request("OPTIONS"), EXTERNAL, "udp", PHONE)
-    assert options is not None and options.startswith(b"SIP/2.0 200")
-    register = driver.receive(request("REGISTER"), EXTERNAL, "udp", PHONE)
-    assert register is not None and register.startswith(b"SIP/2.0 503")
+    # OPTIONS to the SBC is answered by it; REGISTER is relayed to the PBX.
+    assert driver.receive(request("OPTIONS"), EXTERNAL, "udp", PHONE) is None
+    options = parse_message(ext.written[-1][0])
+    assert isinstance(options, Response) and options.status == 200
+    assert driver.receive(request("REGISTER"), EXTERNAL, "udp", PHONE) is None
+    register = parse_message(internal.written[-1][0])
+    assert isinstance(register, Request) and register.method == "REGISTER"
+    assert internal.written[-1][1] == PBX
 
     # The PBX answers; the 200 goes back to the phone over UDP.
     ok = build_response(b_invite, 200, to_tag="pbx1", extra=[("Contact", "<sip:2001@10.0.0.5>")],
@@ -160,3 +165,58 @@ def test_settings_from_config() -> None:
     assert s.pbx == SipAddress("10.1.1.1", 5062, "udp")
     assert s.domain == "10.1.1.1"
     assert s.timers.t1 == 0.25
+
+
+def test_a_request_that_cannot_be_delivered_fails_its_transaction() -> None:
+    """A user registered over TCP whose connection is gone from the driver's table: the
+    B-leg INVITE cannot be written, the B2BUA is told, and the PBX gets 480 at once."""
+    driver, clock, ext, internal = make()
+    stream = Stream()
+    driver.stream_made(EXTERNAL, PHONE, stream)
+    driver.receive(request("REGISTER", "TCP"), EXTERNAL, "tcp", PHONE)
+    register = parse_message(internal.written[-1][0])
+    assert isinstance(register, Request)
+    token_contact = register.headers.get("contact") or ""
+    ok = build_response(register, 200, to_tag="pbx9", extra=[("Contact", token_contact)])
+    driver.receive(ok, INTERNAL, "udp", PBX)
+    assert parse_message(stream.written[-1]).status == 200  # type: ignore[union-attr]
+    token = token_contact.split("sip:", 1)[1].split("@", 1)[0]
+
+    del driver.streams[(EXTERNAL, PHONE[0], PHONE[1])]  # gone without a close reported
+    invite = parse_message((
+        f"INVITE sip:{token}@10.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKpbx1\r\n"
+        "From: <sip:2001@10.0.0.5>;tag=p1\r\nTo: <sip:1001@10.0.0.1>\r\n"
+        "Call-ID: pbx-call-1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        "Contact: <sip:2001@10.0.0.5:5060>\r\nContent-Length: 0\r\n\r\n").encode())
+    driver.receive(invite, INTERNAL, "udp", PBX)
+    statuses = [parse_message(d).status for d, _ in internal.written[-2:]]  # type: ignore[union-attr]
+    assert statuses == [100, 480]
+    assert driver.counters["driver.no_connection"] == 1
+    assert len(driver.b2bua) == 0
+
+
+def test_a_closed_connection_closes_the_flow() -> None:
+    """When the connection a user registered over closes, calls to it get 480 without any
+    attempt to send."""
+    driver, clock, ext, internal = make()
+    stream = Stream()
+    stream.tls = True  # type: ignore[attr-defined]
+    driver.stream_made(EXTERNAL, PHONE, stream)
+    driver.receive(request("REGISTER", "TLS"), EXTERNAL, "tls", PHONE)
+    register = parse_message(internal.written[-1][0])
+    assert isinstance(register, Request)
+    token_contact = register.headers.get("contact") or ""
+    driver.receive(build_response(register, 200, to_tag="pbx9",
+                                  extra=[("Contact", token_contact)]), INTERNAL, "udp", PBX)
+    token = token_contact.split("sip:", 1)[1].split("@", 1)[0]
+    driver.stream_lost(EXTERNAL, PHONE, stream)
+    invite = parse_message((
+        f"INVITE sip:{token}@10.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKpbx2\r\n"
+        "From: <sip:2001@10.0.0.5>;tag=p2\r\nTo: <sip:1001@10.0.0.1>\r\n"
+        "Call-ID: pbx-call-2\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        "Contact: <sip:2001@10.0.0.5:5060>\r\nContent-Length: 0\r\n\r\n").encode())
+    driver.receive(invite, INTERNAL, "udp", PBX)
+    assert parse_message(internal.written[-1][0]).status == 480  # type: ignore[union-attr]
+    assert driver.counters["driver.no_connection"] == 0

@@ -1,0 +1,484 @@
+"""The B2BUA beyond the basic call: registration relay, calls from the PBX to registered users
+over their flow, admission of callers, and requests relayed inside a call (re-INVITE, INFO,
+OPTIONS), each pumped in memory with a scripted phone and PBX."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+from sbc.gateway.b2bua import (
+    B2BUA,
+    EXTERNAL,
+    INTERNAL,
+    Origin,
+    Trunk,
+)
+from sbc.ids import CountingIdSource
+from sbc.sip.message import Request, Response, parse_message
+
+from .pump import PHONE, Pump, respond
+from .test_b2bua import (
+    EXTERNAL_MARKERS,
+    INTERNAL_MARKERS,
+    PBX_SDP,
+    PBX_TAG,
+    PHONE_SDP,
+    SERVER,
+    SETTINGS,
+    T0,
+    established,
+    invite,
+    one_request,
+    one_response,
+    phone_request,
+)
+
+STRICT = replace(SETTINGS, unknown_source="reject")
+CHALLENGE = 'Digest realm="asterisk",nonce="1700000000/abc",algorithm=MD5,qop="auth"'
+CREDENTIALS = ('Digest username="1001",realm="asterisk",nonce="1700000000/abc",'
+               'uri="sip:sbc.example.com",response="0123456789abcdef0123456789abcdef",'
+               'algorithm=MD5,cseq=1,qop=auth,nc=00000001,cnonce="c1"')
+PHONE_TCP = Origin(EXTERNAL, "tcp", "192.0.2.101", 40001)
+
+
+def setup(settings=STRICT) -> Pump:  # type: ignore[no-untyped-def]
+    return Pump(B2BUA(settings, CountingIdSource("x")))
+
+
+def feed(p: Pump, message: bytes | Request | Response, origin: Origin, now: float) -> None:
+    p._feed(message, origin, now)
+
+
+def register(cseq: int, *, expires: int = 3600, auth: bool = False, port: int = 5060,
+             transport: str = "UDP", branch: str = "") -> bytes:
+    authorization = f"Authorization: {CREDENTIALS}\r\n" if auth else ""
+    return (
+        "REGISTER sip:sbc.example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} 192.0.2.101:{port};branch=z9hG4bKreg{branch or cseq};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:1001@sbc.example.com>;tag=regtag1\r\n"
+        "To: <sip:1001@sbc.example.com>\r\n"
+        "Call-ID: reg-call-1@192.0.2.101\r\n"
+        f"CSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:1001@192.0.2.101:{port};transport={transport.lower()}>"
+        f";expires={expires}\r\n"
+        "User-Agent: Linphone/5.2.0\r\n"
+        "Supported: path, outbound\r\n"
+        f"{authorization}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def registered(p: Pump, origin: Origin = PHONE, now: float = T0) -> str:
+    """Register the phone through a 401 challenge; returns the token the PBX holds."""
+    transport = origin.transport.upper()
+    feed(p, register(1, port=origin.port, transport=transport), origin, now)
+    b_reg = one_request(p.to_pbx(), "REGISTER")
+    p.pbx(respond(b_reg, 401, tag="pbxreg1",
+                  extra=[("WWW-Authenticate", CHALLENGE), SERVER]), now + 0.01)
+    one_response(p.to_phone(), 401)
+    feed(p, register(2, auth=True, port=origin.port, transport=transport), origin, now + 0.1)
+    b_reg2 = one_request(p.to_pbx(), "REGISTER")
+    contact = b_reg2.headers.get("contact") or ""
+    p.pbx(respond(b_reg2, 200, tag="pbxreg2", extra=[("Contact", contact), SERVER]), now + 0.11)
+    one_response(p.to_phone(), 200)
+    return contact.split("sip:", 1)[1].split("@", 1)[0]
+
+
+def pbx_invite(token: str, *, call_id: str = "pbx-call-1@10.0.0.5", branch: str = "z9hG4bKpbxI1",
+               body: bytes = PBX_SDP, host: str = "10.0.0.1") -> bytes:
+    return (
+        f"INVITE sip:{token}@{host}:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.0.0.5:5060;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        'From: "Reception" <sip:200@pbx.internal.example>;tag=pbxfrom1\r\n'
+        "To: <sip:1001@pbx.internal.example>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 102 INVITE\r\n"
+        "Contact: <sip:asterisk@10.0.0.5:5060>\r\n"
+        "User-Agent: Asterisk PBX 20.5.2\r\n"
+        "Supported: 100rel, timer, replaces, norefersub\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+# A REGISTER carries the client's AOR (its domain) to the PBX: that is the registration itself.
+EXTERNAL_IDENTITY = [m for m in EXTERNAL_MARKERS if m != "sbc.example.com"]
+
+
+def hidden(p: Pump, *more_internal: str) -> None:
+    b_leg = [parse_message(data) for data in p.sent(INTERNAL)]
+    ids = {m.call_id for m in b_leg}
+    p.assert_hidden([*INTERNAL_MARKERS, *ids, *more_internal], EXTERNAL_IDENTITY)
+
+
+# -- registration relay -----------------------------------------------------------------------
+
+
+def test_register_relayed_through_the_challenge_with_token_contact() -> None:
+    """The PBX sees the SBC's token Contact, a Call-ID of the SBC's, the client's credentials
+    unchanged; the client sees the PBX's challenge unchanged and its own Contact back."""
+    p = setup()
+    p.phone(register(1), T0)
+    b_reg = one_request(p.to_pbx(), "REGISTER")
+    assert b_reg.to_bytes() == (
+        b"REGISTER sip:sbc.example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx4\r\n"
+        b"Max-Forwards: 69\r\n"
+        b"From: <sip:1001@sbc.example.com>;tag=regtag1\r\n"
+        b"To: <sip:1001@sbc.example.com>\r\n"
+        + f"Call-ID: {b_reg.call_id}\r\n".encode() +
+        b"CSeq: 1 REGISTER\r\n"
+        b"Contact: <sip:x1@10.0.0.1:5060;transport=udp>;expires=3600\r\n"
+        b"Expires: 3600\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    assert len(b_reg.call_id) == 32 and "reg-call-1" not in b_reg.call_id
+    p.pbx(respond(b_reg, 401, tag="pbxreg1", extra=[("WWW-Authenticate", CHALLENGE), SERVER]),
+          T0 + 0.01)
+    challenge = one_response(p.to_phone(), 401)
+    assert challenge.headers.get("www-authenticate") == CHALLENGE
+    assert challenge.to.tag is not None and challenge.cseq.seq == 1
+
+    p.phone(register(2, auth=True), T0 + 0.1)
+    b_reg2 = one_request(p.to_pbx(), "REGISTER")
+    assert b_reg2.headers.get("authorization") == CREDENTIALS
+    assert b_reg2.call_id == b_reg.call_id and b_reg2.cseq.seq == 2  # one registration
+    assert b_reg2.headers.get("contact") == b_reg.headers.get("contact")  # the same token
+    p.pbx(respond(b_reg2, 200, tag="pbxreg2",
+                  extra=[("Contact", "<sip:x1@10.0.0.1:5060;transport=udp>;expires=3600"),
+                         ("Expires", "3600"), SERVER]), T0 + 0.11)
+    ok = one_response(p.to_phone(), 200)
+    assert ok.headers.values("contact") == ["<sip:1001@192.0.2.101:5060;transport=udp>;expires=120"]
+    assert ok.headers.get("expires") == "120"  # the client is told the NAT-friendly bound
+    binding = p.b2bua.registrar.binding("x1")
+    assert binding is not None and binding.flow == PHONE
+    hidden(p, "pbxreg", "x1")
+
+
+def test_register_refresh_is_answered_locally_and_failures_are_counted() -> None:
+    p = setup()
+    registered(p)
+    # A refresh 60 s later with nothing changed: the PBX registration (600 s) is fresh.
+    p.phone(register(3, auth=True, branch="r3"), T0 + 60)
+    ok = one_response(p.to_phone(), 200)
+    assert ok.headers.get("expires") == "120"
+    assert p.to_pbx() == []
+    assert p.b2bua.counters["register.local"] == 1
+
+    # Wrong password: the PBX challenges a request that carried credentials -> a failure.
+    p.phone(register(4, auth=True, expires=1800, branch="r4"), T0 + 61)
+    b_reg = one_request(p.to_pbx(), "REGISTER")
+    p.pbx(respond(b_reg, 401, tag="pbxreg3", extra=[("WWW-Authenticate", CHALLENGE)]), T0 + 61.1)
+    one_response(p.to_phone(), 401)
+    assert p.b2bua.registrar.auth_failures.by_ip("192.0.2.101", 60, T0 + 62) == 1
+    assert p.b2bua.registrar.auth_failures.by_user("1001", 60, T0 + 62) == 1
+    assert p.b2bua.counters["register.auth_failure"] == 1
+
+
+def test_register_too_brief_and_pbx_silence() -> None:
+    p = setup()
+    p.phone(register(1, expires=20), T0)
+    too_brief = one_response(p.to_phone(), 423)
+    assert too_brief.headers.get("min-expires") == "60"
+    assert p.to_pbx() == []
+    p.phone(register(2, branch="q2"), T0 + 1)
+    one_request(p.to_pbx(), "REGISTER")
+    p.run_until(T0 + 1 + 40)  # Timer F: the PBX never answered
+    assert one_response(p.to_phone(), 408).cseq.seq == 2
+
+
+# -- calls from the PBX to registered users ---------------------------------------------------
+
+
+def test_pbx_calls_a_registered_user_over_its_flow() -> None:
+    p = setup()
+    token = registered(p, PHONE_TCP)
+    p.pbx(pbx_invite(token), T0 + 10)
+    one_response(p.to_pbx(), 100)
+    b_invite = one_request(p.to_phone(), "INVITE")
+    dest = [d for iface, d, _ in p.wire if iface == EXTERNAL][-1]
+    assert dest == PHONE_TCP.address  # the flow the REGISTER came on
+    assert str(b_invite.uri) == "sip:1001@192.0.2.101:40001;transport=tcp"  # its Contact
+    assert b_invite.headers.get("to") == "<sip:1001@sbc.example.com>"  # its AOR
+    assert b_invite.from_.uri.user == "200" and b_invite.from_.display_name == '"Reception"'
+    assert b_invite.headers.get("contact") == "<sip:203.0.113.10:5060;transport=tcp>"
+    assert b_invite.top_via is not None and b_invite.top_via.transport == "TCP"
+    assert b_invite.headers.get("supported") == "timer, norefersub"  # 100rel/replaces stay
+    assert b_invite.headers.get("user-agent") is None
+
+    # The phone answers; the PBX gets the SBC's internal Contact; ACK and BYE flow through.
+    phone_200 = respond(b_invite, 200, tag="phonetag9",
+                        extra=[("Contact", "<sip:1001@192.0.2.101:40001;transport=tcp>"),
+                               ("Content-Type", "application/sdp")], body=PHONE_SDP)
+    feed(p, phone_200, PHONE_TCP, T0 + 11)
+    a_200 = one_response(p.to_pbx(), 200)
+    assert a_200.headers.get("contact") == "<sip:10.0.0.1:5060>"
+    assert b"o=- " in a_200.body and b"192.0.2.101" not in a_200.body.split(b"\r\nc=")[0]
+    a_to = a_200.headers.get("to") or ""
+    p.pbx((
+        "ACK sip:10.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKpbxA1;rport\r\n"
+        'Max-Forwards: 70\r\nFrom: "Reception" <sip:200@pbx.internal.example>;tag=pbxfrom1\r\n'
+        f"To: {a_to}\r\nCall-ID: pbx-call-1@10.0.0.5\r\nCSeq: 102 ACK\r\n"
+        "Content-Length: 0\r\n\r\n").encode(), T0 + 11.1)
+    ack = one_request(p.to_phone(), "ACK")
+    assert str(ack.uri) == "sip:1001@192.0.2.101:40001;transport=tcp"
+    bye = phone_request("BYE", b_invite.headers.get("from") or "", 1, "z9hG4bKphB")
+    bye = bye.replace(b"tag=phonetag1", b"tag=phonetag9").replace(
+        b"Call-ID: phone-call-1@192.0.2.101", f"Call-ID: {b_invite.call_id}".encode()).replace(
+        b"SIP/2.0/UDP 192.0.2.101:5060", b"SIP/2.0/TCP 192.0.2.101:40001")
+    feed(p, bye, PHONE_TCP, T0 + 30)
+    one_response(p.to_phone(), 200)
+    pbx_bye = one_request(p.to_pbx(), "BYE")
+    assert pbx_bye.call_id == "pbx-call-1@10.0.0.5"
+    p.pbx(respond(pbx_bye, 200), T0 + 30.1)
+    assert len(p.b2bua) == 0
+    # "asterisk" is the PBX's Contact user: it must not reach the phone either.
+    hidden(p, "pbx-call-1", "pbxfrom1", "asterisk@")
+
+
+def test_pbx_call_to_unknown_token_or_closed_flow() -> None:
+    p = setup()
+    p.pbx(pbx_invite("notatoken"), T0)
+    assert one_response(p.to_pbx(), 404).to.tag is not None
+    token = registered(p, PHONE_TCP, T0 + 1)
+    p.b2bua.flow_closed(PHONE_TCP, T0 + 2)
+    p.pbx(pbx_invite(token, call_id="pbx-call-2", branch="z9hG4bKpbxI2"), T0 + 3)
+    one_response(p.to_pbx(), 480)  # RFC 5626 5.3: never sent anywhere else
+    assert p.to_phone() == []
+    assert p.b2bua.counters["undeliverable.480"] == 1
+
+
+def test_pbx_call_to_expired_registration_is_480() -> None:
+    p = setup()
+    token = registered(p)
+    p.run_until(T0 + 200)  # the client was granted 120 s and did not refresh
+    p.pbx(pbx_invite(token), T0 + 201)
+    one_response(p.to_pbx(), 480)
+    assert p.to_phone() == []
+
+
+def test_pbx_options_to_a_user_is_relayed_and_to_the_sbc_answered() -> None:
+    p = setup()
+    token = registered(p)
+    options = pbx_invite(token, body=b"").replace(b"INVITE", b"OPTIONS").replace(
+        b"Content-Type: application/sdp\r\n", b"")
+    p.pbx(options, T0 + 5)
+    out = one_request(p.to_phone(), "OPTIONS")
+    assert str(out.uri) == "sip:1001@192.0.2.101:5060;transport=udp"
+    p.phone(respond(out, 200, tag="phoneopt", extra=[("Allow", "INVITE, ACK, BYE")]), T0 + 5.1)
+    answer = one_response(p.to_pbx(), 200)
+    assert answer.headers.get("allow") == "INVITE, ACK, BYE"
+    assert answer.call_id == "pbx-call-1@10.0.0.5"
+    # OPTIONS to the SBC itself (no user): answered locally, from either side.
+    p.pbx(options.replace(f"sip:{token}@".encode(), b"sip:").replace(b"pbxI1", b"pbxO2")
+          .replace(b"pbx-call-1", b"pbx-call-2"), T0 + 6)
+    assert one_response(p.to_pbx(), 200).headers.get("allow") is not None
+    hidden(p, "pbx-call-1", "pbxfrom1")
+
+
+# -- admission --------------------------------------------------------------------------------
+
+
+def test_unknown_source_is_refused_registered_and_trunk_sources_call() -> None:
+    p = setup()
+    p.phone(invite(), T0)
+    one_response(p.to_phone(), 403)
+    assert p.to_pbx() == [] and p.b2bua.counters["refused.external"] == 1
+
+    dropping = setup(replace(STRICT, unknown_source="drop"))
+    dropping.phone(invite(), T0)
+    assert dropping.to_phone() == [] and dropping.to_pbx() == []
+
+    registered(p, now=T0 + 1)  # the same flow is registered now: its calls are admitted
+    p.phone(invite().replace(b"phone-call-1", b"phone-call-7").replace(b"phone1", b"phone7"),
+            T0 + 2)
+    one_response(p.to_phone(), 100)
+    one_request(p.to_pbx(), "INVITE")
+
+    trunk = Trunk("carrier", (ipaddress.ip_network("192.0.2.0/24"),), "tls",
+                  "sip.carrier.example")
+    t = setup(replace(STRICT, trunks=(trunk,)))
+    tls_phone = Origin(EXTERNAL, "tls", "192.0.2.101", 5061, ("other.example",))
+    feed(t, invite(), tls_phone, T0)
+    one_response(t.to_phone(), 403)  # right network, wrong certificate
+    carrier = Origin(EXTERNAL, "tls", "192.0.2.101", 5062, ("sip.carrier.example",))
+    feed(t, invite().replace(b"phone1", b"phone8").replace(b"phone-call-1", b"phone-call-8"),
+         carrier, T0 + 1)
+    one_response(t.to_phone(), 100)
+    one_request(t.to_pbx(), "INVITE")
+
+
+def test_internal_requests_only_from_the_pbx() -> None:
+    p = setup()
+    token = registered(p)
+    stranger = Origin(INTERNAL, "udp", "10.0.0.99", 5060)
+    feed(p, pbx_invite(token), stranger, T0 + 5)
+    one_response(p.to_pbx(), 403)
+    assert p.to_phone() == []
+
+
+def test_methods_outside_a_call() -> None:
+    p = setup()
+    for method, status in (("SUBSCRIBE", 405), ("FOO", 501)):
+        raw = phone_request(method, "<sip:1002@sbc.example.com>", 1, f"z9hG4bK{method}")
+        p.phone(raw, T0)
+        answer = one_response(p.to_phone(), status)
+        if status == 405:
+            assert "REGISTER" in (answer.headers.get("allow") or "")
+    p.phone(phone_request("OPTIONS", "<sip:sbc.example.com>", 1, "z9hG4bKopt"), T0)
+    assert one_response(p.to_phone(), 200).headers.get("accept") == "application/sdp"
+    assert p.to_pbx() == []
+
+
+# -- inside a call ----------------------------------------------------------------------------
+
+HOLD_SDP = PHONE_SDP.replace(b"o=alice 111 222", b"o=alice 111 223") + b"a=sendonly\r\n"
+
+
+def phone_in_dialog(method: str, a_200: Response, cseq: int, branch: str, *,
+                    body: bytes = b"", ctype: str = "application/sdp") -> bytes:
+    raw = phone_request(method, a_200.headers.get("to") or "", cseq, branch)
+    contact = "Contact: <sip:1001@192.0.2.101:5060>\r\n" if method == "INVITE" else ""
+    head = raw[: -len(b"Content-Length: 0\r\n\r\n")].decode()
+    ct = f"Content-Type: {ctype}\r\n" if body else ""
+    return f"{head}{contact}{ct}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_reinvite_from_the_phone_hold_and_resume() -> None:
+    p = setup(SETTINGS)
+    b_invite, a_200, _ = established(p)
+    p.phone(phone_in_dialog("INVITE", a_200, 21, "z9hG4bKhold", body=HOLD_SDP), T0 + 10)
+    one_response(p.to_phone(), 100)
+    b_re = one_request(p.to_pbx(), "INVITE")
+    assert b_re.call_id == b_invite.call_id and b_re.cseq.seq == 2
+    assert b_re.to.tag == PBX_TAG and str(b_re.uri) == "sip:10.0.0.5:5060"
+    assert b_re.headers.get("contact") == "<sip:10.0.0.1:5060>"
+    assert b"o=- 133615103555672 2 IN IP4 10.0.0.1\r\n" in b_re.body  # same id, version + 1
+    assert b"a=sendonly" in b_re.body
+
+    held = PBX_SDP.replace(b"1954329214", b"1954329215") + b"a=recvonly\r\n"
+    p.pbx(respond(b_re, 200, extra=[("Contact", "<sip:10.0.0.5:5060>"),
+                                    ("Content-Type", "application/sdp"), SERVER], body=held),
+          T0 + 10.1)
+    a_re_200 = one_response(p.to_phone(), 200)
+    assert a_re_200.cseq.seq == 21 and a_re_200.headers.get("contact") == "<sip:203.0.113.10:5060>"
+    assert b"o=- 5635568439058 2 IN IP4 203.0.113.10" in a_re_200.body
+    assert b"a=recvonly" in a_re_200.body
+    assert p.to_pbx() == []  # the PBX's 2xx is ACKed when the phone ACKs
+    p.phone(phone_request("ACK", a_200.headers.get("to") or "", 21, "z9hG4bKholdack"), T0 + 10.2)
+    b_ack = one_request(p.to_pbx(), "ACK")
+    assert b_ack.cseq.seq == 2 and b_ack.to.tag == PBX_TAG
+    # A retransmitted PBX 2xx is ACKed again with the same ACK.
+    p.pbx(respond(b_re, 200, extra=[("Contact", "<sip:10.0.0.5:5060>"),
+                                    ("Content-Type", "application/sdp")], body=held), T0 + 10.7)
+    assert one_request(p.to_pbx(), "ACK").to_bytes() == b_ack.to_bytes()
+    assert p.b2bua.calls[(EXTERNAL, "phone-call-1@192.0.2.101", "x1")].reinvite is None
+
+    # Resume, then a re-INVITE from the PBX side while the phone's is pending: 491.
+    p.phone(phone_in_dialog("INVITE", a_200, 22, "z9hG4bKresume", body=PHONE_SDP), T0 + 20)
+    one_response(p.to_phone(), 100)
+    b_resume = one_request(p.to_pbx(), "INVITE")
+    assert b"o=- 133615103555672 3 IN IP4" in b_resume.body  # changed again: version 3
+    pbx_re = (
+        f"INVITE sip:10.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKpbxre1\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:1002@10.0.0.5>;tag={PBX_TAG}\r\nTo: {b_invite.headers.get('from')}\r\n"
+        f"Call-ID: {b_invite.call_id}\r\nCSeq: 7 INVITE\r\n"
+        "Contact: <sip:10.0.0.5:5060>\r\nContent-Length: 0\r\n\r\n").encode()
+    p.pbx(pbx_re, T0 + 20.01)
+    one_response(p.to_pbx(), 491)
+    hidden(p, b_invite.call_id)
+
+
+def test_reinvite_from_the_pbx_and_bye_while_pending() -> None:
+    p = setup(SETTINGS)
+    b_invite, a_200, _ = established(p)
+    pbx_re = (
+        f"INVITE sip:10.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKpbxre1\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:1002@10.0.0.5>;tag={PBX_TAG}\r\nTo: {b_invite.headers.get('from')}\r\n"
+        f"Call-ID: {b_invite.call_id}\r\nCSeq: 7 INVITE\r\n"
+        "Contact: <sip:10.0.0.5:5062>\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(PBX_SDP)}\r\n\r\n").encode() + PBX_SDP
+    p.pbx(pbx_re, T0 + 10)
+    one_response(p.to_pbx(), 100)
+    a_re = one_request(p.to_phone(), "INVITE")
+    assert a_re.call_id == "phone-call-1@192.0.2.101" and a_re.from_.tag == "x1"
+    assert a_re.to.tag == "phonetag1" and a_re.cseq.seq == 1  # the SBC's first on the A-leg
+    assert str(a_re.uri) == "sip:1001@192.0.2.101:5060"
+    assert a_re.headers.get("contact") == "<sip:203.0.113.10:5060>"
+    # The phone hangs up instead of answering: the pending re-INVITE gets 487 at the PBX.
+    p.phone(phone_request("BYE", a_200.headers.get("to") or "", 21, "z9hG4bKbye2"), T0 + 11)
+    one_response(p.to_phone(), 200)
+    to_pbx = p.to_pbx()
+    assert [m.status for m in to_pbx if isinstance(m, Response)] == [487]
+    assert [m.method for m in to_pbx if isinstance(m, Request)] == ["BYE"]
+    hidden(p, b_invite.call_id)
+
+
+def test_info_and_options_inside_a_call_are_relayed() -> None:
+    p = setup(SETTINGS)
+    b_invite, a_200, _ = established(p)
+    dtmf = b"Signal=5\r\nDuration=160\r\n"
+    p.phone(phone_in_dialog("INFO", a_200, 21, "z9hG4bKinfo", body=dtmf,
+                            ctype="application/dtmf-relay"), T0 + 5)
+    assert p.to_phone() == []  # no 100 for a non-INVITE
+    info = one_request(p.to_pbx(), "INFO")
+    assert info.body == dtmf and info.content_type == "application/dtmf-relay"
+    assert info.cseq.seq == 2 and info.call_id == b_invite.call_id
+    p.pbx(respond(info, 200, extra=[SERVER]), T0 + 5.1)
+    ok = one_response(p.to_phone(), 200)
+    assert ok.cseq.seq == 21 and ok.cseq.method == "INFO"
+
+    # A body of another type does not cross (it could carry anything).
+    p.phone(phone_in_dialog("INFO", a_200, 22, "z9hG4bKinfo2", body=b"<x>10.9.9.9</x>",
+                            ctype="application/xml"), T0 + 6)
+    info2 = one_request(p.to_pbx(), "INFO")
+    assert info2.body == b"" and info2.headers.get("content-type") is None
+    p.pbx(respond(info2, 200), T0 + 6.1)
+    one_response(p.to_phone(), 200)
+
+    # OPTIONS from the PBX inside the call reaches the phone; the phone's 200 comes back.
+    pbx_opt = (
+        f"OPTIONS sip:10.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKpbxopt\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:1002@10.0.0.5>;tag={PBX_TAG}\r\nTo: {b_invite.headers.get('from')}\r\n"
+        f"Call-ID: {b_invite.call_id}\r\nCSeq: 8 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    p.pbx(pbx_opt, T0 + 7)
+    a_opt = one_request(p.to_phone(), "OPTIONS")
+    p.phone(respond(a_opt, 200), T0 + 7.1)
+    assert one_response(p.to_pbx(), 200).cseq.seq == 8
+
+    # Out of order CSeq: 500, nothing relayed.
+    p.phone(phone_in_dialog("INFO", a_200, 21, "z9hG4bKinfo3", body=dtmf,
+                            ctype="application/dtmf-relay"), T0 + 8)
+    one_response(p.to_phone(), 500)
+    assert p.to_pbx() == []
+    hidden(p, b_invite.call_id)
+
+
+def test_in_dialog_request_from_another_address_is_481() -> None:
+    """A request with the call's tags but from another source is not the phone: 481."""
+    p = setup(SETTINGS)
+    _, a_200, _ = established(p)
+    spoofer = Origin(EXTERNAL, "udp", "198.51.100.66", 5060)
+    feed(p, phone_request("BYE", a_200.headers.get("to") or "", 21, "z9hG4bKspoof"), spoofer,
+         T0 + 5)
+    one_response(p.to_phone(), 481)
+    assert p.to_pbx() == [] and len(p.b2bua) == 1
+
+
+def test_reinvite_timeout_gives_408() -> None:
+    p = setup(SETTINGS)
+    b_invite, a_200, _ = established(p)
+    p.phone(phone_in_dialog("INVITE", a_200, 21, "z9hG4bKhold2", body=HOLD_SDP), T0 + 10)
+    one_response(p.to_phone(), 100)
+    one_request(p.to_pbx(), "INVITE")
+    p.run_until(T0 + 10 + 33)
+    assert 408 in [m.status for m in p.to_phone() if isinstance(m, Response)]
+    del b_invite
+
