@@ -28,11 +28,12 @@ from twisted.logger import Logger
 from sbc import __version__
 from sbc.config import Config
 from sbc.errors import ConfigError
-from sbc.gateway.b2bua import B2BUA
+from sbc.gateway.b2bua import B2BUA, INTERNAL, SipAddress
 from sbc.gateway.stateless import StatelessCore
 from sbc.ids import IdSource
 from sbc.net.driver import Driver, b2bua_settings_from
 from sbc.net.limits import ConnectionGuard, StreamLimits
+from sbc.net.outbound import Connector, Peer, client_tls_options
 from sbc.net.tls import ReloadableServerContext, TlsFiles
 from sbc.net.transport import SipDatagramProtocol, SipStreamFactory, SipTlsFactory
 from sbc.sip.message import Limits
@@ -101,9 +102,9 @@ class Service:
 def start(config: Config, reactor: Any) -> Service:
     """Open every enabled listener on ``reactor``; returns the running :class:`Service`.
 
-    Raises ConfigError when TLS files are unusable or the PBX is not reached over UDP (outbound
-    TCP/TLS towards the PBX comes later), and OSError (``CannotListenError``) when a
-    port cannot be bound; nothing is left listening in either case.
+    Raises ConfigError when TLS files are unusable, the PBX's address does not resolve or the
+    internal interface has no listener for the PBX's transport, and OSError
+    (``CannotListenError``) when a port cannot be bound; nothing is left listening in either case.
     """
     ids = IdSource()
     settings = b2bua_settings_from(config)
@@ -111,6 +112,8 @@ def start(config: Config, reactor: Any) -> Service:
     driver = Driver(B2BUA(settings, ids, counters=core.counters), core, reactor)
     service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
                       driver=driver)
+    if settings.pbx.transport != "udp":
+        driver.connector = _pbx_connector(config, settings.pbx, core, driver, reactor)
     try:
         for interface in (config.interfaces.external, config.interfaces.internal):
             for listener in interface.listeners():
@@ -138,6 +141,32 @@ def start(config: Config, reactor: Any) -> Service:
     return service
 
 
+def _pbx_connector(config: Config, pbx: SipAddress, core: StatelessCore, driver: Driver,
+                   reactor: Any) -> Connector:
+    """Outbound TCP/TLS towards the PBX: one connection, opened on demand, reused.  Its own
+    connection guard keeps the PBX connection out of the per-source counts of the outside."""
+    tls = pbx.transport == "tls"
+    server_name = config.pbx.server_name or config.pbx.address
+    options = None
+    if tls:
+        if not config.pbx.tls_verify:
+            log.warn("pbx.tls_verify is false: the PBX's TLS certificate is not verified")
+        try:
+            options = client_tls_options(server_name, verify=config.pbx.tls_verify,
+                                         ca_bundle=config.tls.ca_bundle)
+        except Exception as e:
+            raise ConfigError(f"cannot set up TLS towards the PBX: {e}",
+                              path="tls.ca_bundle") from e
+    guard = ConnectionGuard(stream_limits_from(config), core.counters)
+    peer = Peer(INTERNAL, pbx.transport, pbx.host, pbx.port, server_name)
+
+    def factory_for(p: Peer) -> SipStreamFactory:
+        return SipStreamFactory(core, INTERNAL, guard, reactor, tls=p.transport == "tls",
+                                driver=driver)
+
+    return Connector(reactor, [peer], factory_for, driver.connect_failed, options)
+
+
 def _tls_files(config: Config) -> TlsFiles:
     tls = config.tls
     if tls.certificate is None or tls.private_key is None:
@@ -163,10 +192,10 @@ def run(config: Config) -> int:
         log.error("cannot listen on {address}:{port}: {reason}", address=e.interface or "*",
                   port=e.port, reason=str(e.socketError))
         return 1
-    log.warn("this build reaches the PBX {pbx} over UDP only and does not anchor media yet "
-             "(SDP c=/m= lines pass unchanged); SUBSCRIBE, NOTIFY, REFER, MESSAGE and PUBLISH "
-             "are answered 405",
-             pbx=f"{config.pbx.address}:{config.pbx.port}")
+    log.warn("this build does not anchor media yet (SDP c=/m= lines pass unchanged); "
+             "SUBSCRIBE, NOTIFY, REFER, MESSAGE and PUBLISH are answered 405; the PBX is "
+             "{pbx} over {transport}",
+             pbx=f"{config.pbx.address}:{config.pbx.port}", transport=config.pbx.transport)
 
     core = service.core
 

@@ -261,6 +261,7 @@ class B2buaSettings:
     timers: TimerSettings = DEFAULT_TIMERS
     supported: frozenset[str] = frozenset()
     listeners: tuple[SipAddress, ...] = ()
+    internal_listeners: tuple[SipAddress, ...] = ()
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
     trunks: tuple[Trunk, ...] = ()
     unknown_source: UnknownSourcePolicy = "reject"
@@ -268,13 +269,12 @@ class B2buaSettings:
     def own(self, interface: str, transport: str) -> SipAddress:
         """The SBC's address on ``interface`` for ``transport`` (the interface's default when
         it has no listener for that transport)."""
-        if interface == INTERNAL:
-            return self.internal
         t = transport.lower()
-        for listener in self.listeners:
+        default = self.internal if interface == INTERNAL else self.external
+        for listener in self.internal_listeners if interface == INTERNAL else self.listeners:
             if listener.transport == t:
                 return listener
-        return SipAddress(self.external.host, self.external.port, t)
+        return default if default.transport == t else SipAddress(default.host, default.port, t)
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,7 +826,7 @@ class B2BUA:
     # -- registration relay ----------------------------------------------------------------
 
     def _register(self, request: Request, origin: Origin, now: float) -> None:
-        own = self.settings.internal
+        own = self._own(self.pbx)
         prepared = self.registrar.prepare_register(
             request, origin, origin.address, now, (own.host, own.port), own.transport
         )

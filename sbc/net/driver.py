@@ -27,6 +27,9 @@ never reaches the reactor.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -45,6 +48,7 @@ from sbc.gateway.b2bua import (
 )
 from sbc.gateway.registrar import RegistrationPolicy
 from sbc.gateway.stateless import StatelessCore
+from sbc.net.outbound import Connector
 from sbc.sip.message import Request, Response
 from sbc.sip.transaction import TimerSettings
 
@@ -56,23 +60,39 @@ log = Logger(namespace="sbc.driver")
 Address = tuple[str, int]
 
 
-def b2bua_settings_from(config: Config) -> B2buaSettings:
+def resolve_host(host: str, port: int) -> str:
+    """``host`` as an IP address: itself if it is one, else its first address from the system's
+    resolver (once, at start).  Raises ConfigError when it does not resolve."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)
+    except OSError as e:
+        raise ConfigError(f"pbx.address {host!r} does not resolve: {e}",
+                          path="pbx.address") from e
+    return str(infos[0][4][0])
+
+
+def b2bua_settings_from(
+    config: Config, resolve: Callable[[str, int], str] = resolve_host
+) -> B2buaSettings:
     """The B2BUA's addresses and timers from the configuration.
 
-    Raises ConfigError when the PBX is not reached over UDP or the internal interface has no
-    UDP listener (outbound TCP/TLS towards the PBX comes later), or when the external interface
-    has no listener at all.
+    The PBX is reached over ``pbx.transport``; the internal interface must have a listener for
+    that transport (its address is the SBC's Via and Contact towards the PBX, where the PBX
+    sends its requests).  Raises ConfigError when it has none, when the external interface has
+    no listener at all, or when ``pbx.address`` does not resolve.
     """
     ext = config.interfaces.external
     internal = config.interfaces.internal
     pbx = config.pbx
-    if pbx.transport != "udp":
-        raise ConfigError(f"pbx.transport {pbx.transport!r} is not supported yet: this build "
-                          "reaches the PBX over UDP only (outbound TCP/TLS to the PBX comes "
-                          "later)", path="pbx.transport")
-    if not internal.udp.enabled:
-        raise ConfigError("the internal interface needs its UDP listener: this build reaches "
-                          "the PBX over UDP only", path="interfaces.internal.udp.enabled")
+    if not getattr(internal, pbx.transport).enabled:
+        raise ConfigError(f"the internal interface needs a {pbx.transport.upper()} listener: "
+                          f"the PBX is reached over {pbx.transport} (pbx.transport)",
+                          path=f"interfaces.internal.{pbx.transport}.enabled")
     listeners = tuple(
         SipAddress(ext.public_address, tc.port, transport)
         for transport, tc in (("udp", ext.udp), ("tcp", ext.tcp), ("tls", ext.tls))
@@ -81,15 +101,22 @@ def b2bua_settings_from(config: Config) -> B2buaSettings:
     if not listeners:
         raise ConfigError("the external interface has no listener enabled",
                           path="interfaces.external")
+    internal_listeners = tuple(
+        SipAddress(internal.public_address, tc.port, transport)
+        for transport, tc in (("udp", internal.udp), ("tcp", internal.tcp), ("tls", internal.tls))
+        if tc.enabled
+    )
     timers = config.timers
     reg = config.registration
+    pbx_ip = resolve(pbx.address, pbx.port)
     return B2buaSettings(
         external=listeners[0],
-        internal=SipAddress(internal.address, internal.udp.port, "udp"),
-        pbx=SipAddress(pbx.address, pbx.port, "udp"),
+        internal=next(a for a in internal_listeners if a.transport == pbx.transport),
+        pbx=SipAddress(pbx_ip, pbx.port, pbx.transport),
         domain=pbx.address,
         timers=TimerSettings(t1=timers.t1, t2=timers.t2, t4=timers.t4),
         listeners=listeners,
+        internal_listeners=internal_listeners,
         registration=RegistrationPolicy(
             client_max_expires=reg.client_max_expires,
             client_min_expires=reg.client_min_expires,
@@ -115,6 +142,7 @@ class Driver:
         self.streams: dict[tuple[str, str, int], Any] = {}  # (interface, host, port) -> protocol
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
+        self.connector: Connector | None = None  # outbound connections (PBX over TCP/TLS)
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -124,7 +152,10 @@ class Driver:
 
     def stream_made(self, interface: str, source: Address, stream: Any) -> None:
         """A TCP/TLS connection from ``source`` is live; ``stream.send(bytes)`` writes to it."""
-        self.streams[(interface, source[0], source[1])] = stream
+        key = (interface, source[0], source[1])
+        self.streams[key] = stream
+        if self.connector is not None:
+            self.connector.connected(key, stream)
 
     def stream_lost(self, interface: str, source: Address, stream: Any) -> None:
         key = (interface, source[0], source[1])
@@ -193,8 +224,7 @@ class Driver:
         failed: list[Send] = []
         for command in commands:
             try:
-                if not self._send(command.interface, command.transport, command.destination,
-                                  command.message.to_bytes()):
+                if not self._send(command, command.message.to_bytes()):
                     failed.append(command)
             except Exception:
                 self.counters["internal.error"] += 1
@@ -211,8 +241,21 @@ class Driver:
             return
         self._rearm()
 
-    def _send(self, interface: str, transport: str, destination: Address, data: bytes) -> bool:
-        """Write ``data``; False when there is no way to reach ``destination`` now."""
+    def connect_failed(self, commands: list[Send]) -> None:
+        """The outbound connection these commands waited for could not be made."""
+        now = self.clock.seconds()
+        for command in commands:
+            try:
+                self.b2bua.send_failed(command, now)
+            except Exception:
+                self.counters["internal.error"] += 1
+                log.failure("b2bua failed on a failed send")
+        self._flush()
+
+    def _send(self, command: Send, data: bytes) -> bool:
+        """Write ``data``; False when there is no way to reach the destination now."""
+        interface, transport, destination = (command.interface, command.transport,
+                                             command.destination)
         if transport.lower() == "udp":
             udp = self.udp.get(interface)
             if udp is None:
@@ -222,6 +265,10 @@ class Driver:
         else:
             stream = self.streams.get((interface, destination[0], destination[1]))
             if stream is None:
+                connector = self.connector
+                if connector is not None and connector.knows(interface, transport, destination):
+                    connector.send(command, data)  # written once connected, or failed
+                    return True
                 self.counters["driver.no_connection"] += 1
                 return False
             stream.send(data)

@@ -145,9 +145,15 @@ def test_core_failure_is_counted_and_not_raised(monkeypatch: pytest.MonkeyPatch)
     assert driver.counters["internal.error"] == 1
 
 
-def test_settings_refuse_what_this_build_cannot_reach() -> None:
-    with pytest.raises(ConfigError, match="outbound TCP/TLS to the PBX comes later"):
+def test_settings_need_an_internal_listener_for_the_pbx_transport() -> None:
+    with pytest.raises(ConfigError, match="internal interface needs a TCP listener"):
         b2bua_settings_from(Config(pbx=PbxConfig(transport="tcp")))
+    internal = replace(default_internal(), tls=TransportConfig(True, 5081))
+    s = b2bua_settings_from(Config(interfaces=InterfacesConfig(internal=internal),
+                                   pbx=PbxConfig(transport="tls", port=5061)))
+    assert s.pbx == SipAddress("127.0.0.1", 5061, "tls")
+    assert s.internal.transport == "tls" and s.internal.port == 5081
+    assert s.own(INTERNAL, "udp").port == default_internal().udp.port
     internal = replace(default_internal(), udp=TransportConfig(False, 5080))
     with pytest.raises(ConfigError, match="UDP"):
         b2bua_settings_from(Config(interfaces=InterfacesConfig(internal=internal)))
@@ -160,7 +166,7 @@ def test_settings_from_config() -> None:
     config = Config(interfaces=InterfacesConfig(external=external),
                     pbx=PbxConfig(address="10.1.1.1", port=5062),
                     timers=TimersConfig(t1=0.25))
-    s = b2bua_settings_from(config)
+    s = b2bua_settings_from(config, resolve=lambda host, port: "10.1.1.1")
     assert s.external == SipAddress("198.51.100.7", 5070, "tcp")
     assert s.pbx == SipAddress("10.1.1.1", 5062, "udp")
     assert s.domain == "10.1.1.1"
