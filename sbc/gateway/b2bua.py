@@ -64,10 +64,11 @@ Calls
   **when the A-leg ACK arrives** (so an SDP answer in the ACK can be relayed).  A retransmitted
   B-leg 2xx is relayed again before that ACK (that is how the A-leg 2xx is retransmitted, RFC
   3261 13.3.1.4, when the B-leg is unreliable) and answered with the same B-leg ACK after it.
-  (When the B-leg is reliable and the A-leg is not, the A-leg 2xx is not retransmitted by a
-  timer of its own yet.)  If the caller never ACKs (Timer L), the B-leg is ACKed and both legs
-  get a BYE (RFC 3261 13.3.1.4); a BYE from the caller before its ACK ACKs the B-leg first.  A
-  2xx whose SDP does not parse is refused with 502 on the A-leg, ACKed and hung up on the B-leg.
+  When the B-leg is reliable and the A-leg is not, the B-leg never retransmits, so the SBC
+  retransmits the A-leg 2xx itself (T1, doubling up to T2) until the ACK.  If the caller never
+  ACKs (Timer L), the B-leg is ACKed and both legs get a BYE (RFC 3261 13.3.1.4); a BYE from
+  the caller before its ACK ACKs the B-leg first.  A 2xx whose SDP does not parse is refused
+  with 502 on the A-leg, ACKed and hung up on the B-leg.
 * CANCEL of a pending INVITE: 200 to the CANCEL, a CANCEL on the B-leg built from the B-leg
   INVITE (RFC 3261 9.1; held until the B-leg has a provisional response), and the B-leg's final
   (normally 487) relayed.  If the B-leg sends no final within 64*T1 of the CANCEL, the A-leg
@@ -321,6 +322,11 @@ class Call:
     cancel_pending: bool = False
     cancel_deadline: float | None = None
     a_final_sent: bool = False
+    # The A-leg 2xx retransmitted by the SBC itself (RFC 3261 13.3.1.4) when the A-leg is
+    # unreliable but the B-leg is reliable (no retransmissions to relay): next time, interval.
+    a_2xx: Response | None = None
+    a_2xx_at: float | None = None
+    a_2xx_every: float = 0.0
     reinvite: _Relay | None = None  # the re-INVITE in progress, either way
     relays: dict[int, _Relay] = field(default_factory=dict)  # in-dialog requests in progress
     # SDP origin per interface: session id, version, and the last body that crossed to it.
@@ -404,6 +410,7 @@ class B2BUA:
         # a CANCEL give-up timer are kept apart, by identity, so neither needs a scan of calls.
         self._live: dict[int, Call] = {}
         self._cancelling: dict[int, Call] = {}
+        self._retransmitting: dict[int, Call] = {}
         self._routes: dict[Transaction, _Route] = {}
         self._commands: list[Command] = []
         self._sweep_at: float | None = None
@@ -423,6 +430,7 @@ class B2BUA:
         """The earliest deadline of any transaction, call or registration sweep, or ``None``."""
         deadlines = [layer.get_timer() for layer in self.layers.values()]
         deadlines.extend(call.cancel_deadline for call in self._cancelling.values())
+        deadlines.extend(call.a_2xx_at for call in self._retransmitting.values())
         deadlines.append(self._sweep_at)
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -477,6 +485,9 @@ class B2BUA:
             if call.cancel_deadline is not None and call.cancel_deadline <= now:
                 self._set_cancel_deadline(call, None)
                 self._fail_a_leg(call, 487, now)  # RFC 3261 9.1: give up waiting after 64*T1
+        for call in list(self._retransmitting.values()):
+            if call.a_2xx_at is not None and call.a_2xx_at <= now:
+                self._retransmit_2xx(call, now)
         if self._sweep_at is not None and self._sweep_at <= now:
             self.registrar.expire(now)
             self._arm_sweep(now)
@@ -807,6 +818,7 @@ class B2BUA:
             call.b_ack = b_ack
             if call.state is CallState.ANSWERED:
                 call.state = CallState.CONFIRMED
+            self._stop_2xx(call)
         self._send_b_ack(call)
 
     def _send_b_ack(self, call: Call) -> None:
@@ -1092,6 +1104,26 @@ class B2BUA:
             return
         call.a_dialog = Dialog.uas(call.a_invite, a_response)
         call.state = CallState.ANSWERED
+        if not call.a_peer.reliable and call.b_peer.reliable:
+            call.a_2xx = a_response
+            call.a_2xx_every = self.settings.timers.t1
+            call.a_2xx_at = now + call.a_2xx_every
+            self._retransmitting[id(call)] = call
+
+    def _retransmit_2xx(self, call: Call, now: float) -> None:
+        """Send the A-leg 2xx again until the ACK comes: T1, 2*T1, ... at most T2 apart; the
+        A-leg transaction ends the wait after 64*T1 (Timer L, then :meth:`_no_ack`)."""
+        if call.state is not CallState.ANSWERED or call.a_2xx is None:
+            self._stop_2xx(call)
+            return
+        self._send(call.a_peer, call.a_2xx)
+        call.a_2xx_every = min(2 * call.a_2xx_every, self.settings.timers.t2)
+        call.a_2xx_at = now + call.a_2xx_every
+
+    def _stop_2xx(self, call: Call) -> None:
+        call.a_2xx = None
+        call.a_2xx_at = None
+        self._retransmitting.pop(id(call), None)
 
     def _no_ack(self, call: Call, now: float) -> None:
         """Timer L ended the A-leg INVITE transaction with our 2xx never ACKed: the dialog is
@@ -1154,6 +1186,7 @@ class B2BUA:
     def _end(self, call: Call) -> None:
         call.state = CallState.ENDED
         self._set_cancel_deadline(call, None)
+        self._stop_2xx(call)
         for key in (call.a_key, call.b_key):
             if self.calls.get(key) is call:
                 del self.calls[key]

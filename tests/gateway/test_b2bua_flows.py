@@ -482,3 +482,25 @@ def test_reinvite_timeout_gives_408() -> None:
     assert 408 in [m.status for m in p.to_phone() if isinstance(m, Response)]
     del b_invite
 
+
+
+def test_a_leg_2xx_retransmitted_when_the_b_leg_is_reliable() -> None:
+    """The PBX over TCP never retransmits its 200, so the SBC retransmits the phone's (UDP)
+    200 itself: after T1, 2*T1, 4*T1, ... until the ACK (RFC 3261 13.3.1.4)."""
+    tcp_pbx = replace(SETTINGS, pbx=replace(SETTINGS.pbx, transport="tcp"))
+    p = setup(tcp_pbx)
+    p.phone(invite(), T0)
+    one_response(p.to_phone(), 100)
+    b_invite = one_request(p.to_pbx(), "INVITE")
+    pbx_tcp = Origin(INTERNAL, "tcp", "10.0.0.5", 5060)
+    feed(p, respond(b_invite, 200, tag=PBX_TAG,
+                    extra=[("Contact", "<sip:10.0.0.5:5060;transport=tcp>"),
+                           ("Content-Type", "application/sdp")], body=PBX_SDP), pbx_tcp, T0 + 1)
+    a_200 = one_response(p.to_phone(), 200)
+    p.run_until(T0 + 1 + 0.5 + 1.0 + 2.0)  # three retransmissions: at +0.5, +1.5, +3.5
+    again = p.to_phone()
+    assert [m.to_bytes() for m in again] == [a_200.to_bytes()] * 3
+    p.phone(phone_request("ACK", a_200.headers.get("to") or "", 20, "z9hG4bKackr"), T0 + 4.6)
+    one_request(p.to_pbx(), "ACK")
+    p.run_until(T0 + 30)
+    assert p.to_phone() == []  # no more after the ACK
