@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from sbc import __version__
 from sbc.config import Config
 from sbc.errors import ConfigError
-from sbc.gateway.b2bua import B2BUA, INTERNAL, SipAddress
+from sbc.gateway.b2bua import B2BUA, EXTERNAL, INTERNAL, B2buaSettings
 from sbc.gateway.stateless import StatelessCore
 from sbc.ids import IdSource
 from sbc.net.driver import Driver, b2bua_settings_from
@@ -112,8 +112,7 @@ def start(config: Config, reactor: Any) -> Service:
     driver = Driver(B2BUA(settings, ids, counters=core.counters), core, reactor)
     service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
                       driver=driver)
-    if settings.pbx.transport != "udp":
-        driver.connector = _pbx_connector(config, settings.pbx, core, driver, reactor)
+    driver.connector = _connector(config, settings, core, driver, reactor)
     try:
         for interface in (config.interfaces.external, config.interfaces.internal):
             for listener in interface.listeners():
@@ -141,30 +140,44 @@ def start(config: Config, reactor: Any) -> Service:
     return service
 
 
-def _pbx_connector(config: Config, pbx: SipAddress, core: StatelessCore, driver: Driver,
-                   reactor: Any) -> Connector:
-    """Outbound TCP/TLS towards the PBX: one connection, opened on demand, reused.  Its own
-    connection guard keeps the PBX connection out of the per-source counts of the outside."""
-    tls = pbx.transport == "tls"
-    server_name = config.pbx.server_name or config.pbx.address
-    options = None
-    if tls:
-        if not config.pbx.tls_verify:
+def _connector(config: Config, settings: B2buaSettings, core: StatelessCore, driver: Driver,
+               reactor: Any) -> Connector | None:
+    """Outbound TCP/TLS towards the PBX and the trunks routed over TCP/TLS: one connection per
+    peer, opened on demand, reused.  Its own connection guard keeps these connections out of
+    the per-source counts of the outside.  ``None`` when every peer is reached over UDP."""
+    peers = []
+    pbx = settings.pbx
+    if pbx.transport != "udp":
+        peers.append(Peer(INTERNAL, pbx.transport, pbx.host, pbx.port,
+                          config.pbx.server_name or config.pbx.address))
+        if pbx.transport == "tls" and not config.pbx.tls_verify:
             log.warn("pbx.tls_verify is false: the PBX's TLS certificate is not verified")
-        try:
-            options = client_tls_options(server_name, verify=config.pbx.tls_verify,
-                                         ca_bundle=config.tls.ca_bundle)
-        except Exception as e:
-            raise ConfigError(f"cannot set up TLS towards the PBX: {e}",
-                              path="tls.ca_bundle") from e
+    for tp in config.trusted_peers:
+        if tp.route is not None and tp.route.transport != "udp":
+            peers.append(Peer(EXTERNAL, tp.route.transport, tp.route.address, tp.route.port,
+                              tp.tls_subject or tp.route.address))
+    if not peers:
+        return None
+
+    def tls_options_for(peer: Peer) -> Any:
+        verify = config.pbx.tls_verify if peer.interface == INTERNAL else True
+        return client_tls_options(peer.server_name or peer.host, verify=verify,
+                                  ca_bundle=config.tls.ca_bundle)
+
+    for peer in peers:  # fail at start, not at the first call, when TLS cannot be set up
+        if peer.transport == "tls":
+            try:
+                tls_options_for(peer)
+            except Exception as e:
+                raise ConfigError(f"cannot set up TLS towards {peer.host}: {e}",
+                                  path="tls.ca_bundle") from e
     guard = ConnectionGuard(stream_limits_from(config), core.counters)
-    peer = Peer(INTERNAL, pbx.transport, pbx.host, pbx.port, server_name)
 
     def factory_for(p: Peer) -> SipStreamFactory:
-        return SipStreamFactory(core, INTERNAL, guard, reactor, tls=p.transport == "tls",
+        return SipStreamFactory(core, p.interface, guard, reactor, tls=p.transport == "tls",
                                 driver=driver)
 
-    return Connector(reactor, [peer], factory_for, driver.connect_failed, options)
+    return Connector(reactor, peers, factory_for, driver.connect_failed, tls_options_for)
 
 
 def _tls_files(config: Config) -> TlsFiles:

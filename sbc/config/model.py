@@ -214,6 +214,18 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerRoute:
+    """Where calls from the PBX for ``prefixes`` (leading characters of the Request-URI user;
+    ``""`` matches every number) are sent: the peer's ``address``, ``port`` and ``transport``.
+    The longest matching prefix over all peers wins."""
+
+    address: str
+    port: int = 5060
+    transport: Transport = "udp"
+    prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TrustedPeer:
     """A trunk or partner recognised by source network and, over TLS, by certificate.
 
@@ -225,6 +237,7 @@ class TrustedPeer:
     transport: PeerTransport = "any"
     tls_subject: str | None = None
     srtp: SrtpPolicy | None = None
+    route: PeerRoute | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from sbc.config.model import (
     MediaInterfaceConfig,
     NodeConfig,
     PbxConfig,
+    PeerRoute,
     PortRange,
     RegistrationConfig,
     RoutingConfig,
@@ -200,7 +201,7 @@ def read_trusted_peers(
     r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, object]
 ) -> object:
     peers: list[TrustedPeer] = []
-    keys = ["name", "cidrs", "transport", "tls_subject", "srtp"]
+    keys = ["name", "cidrs", "transport", "tls_subject", "srtp", "route"]
     for item_path, item in r.items(node, path, what="peers"):
         if is_null(item):
             r.error(item_path, "got null", expected="a peer mapping", node=item)
@@ -234,9 +235,39 @@ def read_trusted_peers(
                 transport=s.choice("transport", PEER_TRANSPORTS, "any"),
                 tls_subject=s.optional_string("tls_subject"),
                 srtp=s.optional_choice("srtp", SRTP_POLICIES),
+                route=_read_route(r, s) if "route" in s else None,
             )
         )
     return tuple(peers)
+
+
+PREFIX = re.compile(r"\+?[0-9*#]{0,32}")
+
+
+def _read_route(r: Reader, peer: Section) -> PeerRoute | None:
+    s = peer.section("route", ["address", "port", "transport", "prefixes"])
+    if "address" not in s and s.valid:
+        r.error(s.path_of("address"), "missing required key 'address'",
+                expected="the peer's IP address", location=r.where(peer.path_of("route")))
+    prefixes: list[str] = []
+    for item_path, item in s.items("prefixes", what="prefixes"):
+        scalar = r.scalar(item, item_path, ("str", "int"), "a quoted prefix string")
+        text = None if scalar is None else str(scalar.value)
+        if text is not None and not PREFIX.fullmatch(text):
+            r.error(item_path, f"invalid prefix {show(text)}",
+                    expected="digits, *, #, optionally after '+' (at most 32)", node=item)
+        elif text is not None:
+            prefixes.append(text)
+    if "prefixes" not in s and s.valid:
+        r.error(s.path_of("prefixes"), "missing required key 'prefixes'",
+                expected="a list of number prefixes (\"\" for every number)",
+                location=r.where(peer.path_of("route")))
+    return PeerRoute(
+        address=s.ip_address("address", "0.0.0.0"),
+        port=s.port("port", 5060),
+        transport=s.choice("transport", TRANSPORTS, "udp"),
+        prefixes=tuple(prefixes),
+    )
 
 
 def read_tls(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, object]) -> object:

@@ -248,6 +248,16 @@ class Trunk:
 
 
 @dataclass(frozen=True, slots=True)
+class TrunkRoute:
+    """Calls from the PBX whose Request-URI user starts with ``prefix`` go to ``peer`` (an
+    external :class:`Origin`), the trunk ``name``.  The longest matching prefix wins."""
+
+    prefix: str
+    peer: Origin
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class B2buaSettings:
     """The SBC's addresses on each side (written into its Via and Contact; ``listeners`` lists
     the external ones per transport, ``external`` is the default), the PBX to send calls to,
@@ -265,7 +275,18 @@ class B2buaSettings:
     internal_listeners: tuple[SipAddress, ...] = ()
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
     trunks: tuple[Trunk, ...] = ()
+    routes: tuple[TrunkRoute, ...] = ()
     unknown_source: UnknownSourcePolicy = "reject"
+
+    def route(self, user: str) -> TrunkRoute | None:
+        """The trunk route for a number: the longest matching prefix, or ``None``."""
+        best: TrunkRoute | None = None
+        for route in self.routes:
+            if user.startswith(route.prefix) and (
+                best is None or len(route.prefix) > len(best.prefix)
+            ):
+                best = route
+        return best
 
     def own(self, interface: str, transport: str) -> SipAddress:
         """The SBC's address on ``interface`` for ``transport`` (the interface's default when
@@ -592,11 +613,20 @@ class B2BUA:
         self._invite(invite, origin, now, self.pbx, ruri, local_uri, remote_uri)
 
     def _to_registered_user(self, request: Request, origin: Origin, now: float) -> None:
-        """A request from the PBX to ``sip:{token}@sbc``: to the user's flow, or 404/480."""
+        """A request from the PBX to ``sip:{token}@sbc``: to the user's flow, or 404/480; an
+        INVITE for a number a trunk route covers goes to that trunk."""
         token = self._token(request)
         if not token:
             raise SipParseError("no route for this Request-URI", 404)
         found = self.registrar.lookup(token, now)
+        if (
+            not isinstance(found, Delivery)
+            and found.status == 404
+            and request.method == "INVITE"
+            and (route := self.settings.route(token)) is not None
+        ):
+            self._invite_to_trunk(request, origin, now, token, route)
+            return
         if not isinstance(found, Delivery):
             self._count(f"undeliverable.{found.status}")
             self._reject(request, origin, now, found.status)
@@ -616,6 +646,20 @@ class B2BUA:
             self._invite(request, origin, now, flow, target, local_uri, remote_uri)
         else:
             self._relay_out_of_dialog(request, origin, now, flow, target, local_uri, remote_uri)
+
+    def _invite_to_trunk(
+        self, invite: Request, origin: Origin, now: float, number: str, route: TrunkRoute
+    ) -> None:
+        peer = route.peer
+        own = self.settings.own(EXTERNAL, peer.transport)
+        from_ = invite.from_
+        from_user = _user(from_.uri) or "anonymous"
+        local_uri = str(NameAddr(SipUri("sip", own.host, user=from_user), from_.display_name))
+        host = _uri_host(peer.host)
+        remote_uri = str(NameAddr(SipUri("sip", host, user=number)))
+        ruri = SipUri("sip", host, user=number, port=peer.port)
+        self._count(f"routed.{route.name}")
+        self._invite(invite, origin, now, peer, ruri, local_uri, remote_uri)
 
     def _invite(
         self, invite: Request, origin: Origin, now: float, peer: Origin, ruri: SipUri,
@@ -1338,4 +1382,5 @@ __all__ = [
     "Send",
     "SipAddress",
     "Trunk",
+    "TrunkRoute",
 ]

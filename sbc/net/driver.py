@@ -45,6 +45,7 @@ from sbc.gateway.b2bua import (
     Send,
     SipAddress,
     Trunk,
+    TrunkRoute,
 )
 from sbc.gateway.registrar import RegistrationPolicy
 from sbc.gateway.stateless import StatelessCore
@@ -125,6 +126,12 @@ def b2bua_settings_from(
         ),
         trunks=tuple(
             Trunk(p.name, p.cidrs, p.transport, p.tls_subject) for p in config.trusted_peers
+        ),
+        routes=tuple(
+            TrunkRoute(prefix, Origin(EXTERNAL, p.route.transport, p.route.address,
+                                      p.route.port), p.name)
+            for p in config.trusted_peers if p.route is not None
+            for prefix in p.route.prefixes
         ),
         unknown_source=config.routing.unknown_source,
     )

@@ -1,4 +1,4 @@
-"""Outbound stream connections (TCP, TLS) from the SBC to the PBX, opened on demand and reused.
+"""Outbound stream connections (TCP, TLS) to the PBX and to trunks, opened on demand, reused.
 
 Theory of operation
 -------------------
@@ -88,8 +88,8 @@ class Connector:
     """Opens outbound connections to known peers for the driver (see the module docstring).
 
     ``factory_for(peer)`` builds the :class:`~sbc.net.transport.SipStreamFactory` for a peer's
-    connection; ``tls_options`` are the client TLS options for TLS peers; ``failed`` is called
-    with the commands that could not be delivered.
+    connection; ``tls_options_for(peer)`` the client TLS options of a TLS peer; ``failed`` is
+    called with the commands that could not be delivered.
     """
 
     def __init__(
@@ -98,13 +98,13 @@ class Connector:
         peers: list[Peer],
         factory_for: Callable[[Peer], protocol.Factory],
         failed: Callable[[list[Any]], None],
-        tls_options: Any = None,
+        tls_options_for: Callable[[Peer], Any] | None = None,
     ) -> None:
         self.reactor = reactor
         self.peers = {p.key: p for p in peers}
         self.factory_for = factory_for
         self.failed = failed
-        self.tls_options = tls_options
+        self.tls_options_for = tls_options_for
         self._attempts: dict[Key, _Attempt] = {}
         self.counters: dict[str, int] = {}
 
@@ -128,7 +128,8 @@ class Connector:
         factory = _Watch(self, key, self.factory_for(peer))
         wrapped: Any = factory
         if peer.transport == "tls":
-            wrapped = TLSMemoryBIOFactory(self.tls_options, True, factory)
+            assert self.tls_options_for is not None
+            wrapped = TLSMemoryBIOFactory(self.tls_options_for(peer), True, factory)
         self._count(f"outbound.connect.{peer.transport}")
         log.info("connecting to {transport} {host}:{port}", transport=peer.transport,
                  host=peer.host, port=peer.port)

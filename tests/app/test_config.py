@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sbc.app import certs
 from sbc.config import Config, ConfigError, ConfigErrors, load_config, mask_url, parse_config
-from sbc.config.model import InterfaceConfig
+from sbc.config.model import InterfaceConfig, PeerRoute
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "config"
@@ -472,6 +472,33 @@ def test_peer_name_is_required_and_unique(d: Path) -> None:
         "6:5: trusted_peers[2].name: missing required key 'name' (expected a name of letters, "
         "digits, '.', '_' and '-' (at most 64 characters))",
     ]
+
+
+def test_peer_route_is_read_and_checked(d: Path) -> None:
+    """A trunk route needs an address and a list of prefixes; each prefix is digits."""
+    body = """
+        trusted_peers:
+          - name: a
+            cidrs: [192.0.2.0/24]
+            route: {address: 192.0.2.10, port: 5062, prefixes: ["+44", "00", ""]}
+          - name: b
+            cidrs: [198.51.100.0/24]
+            route: {transport: tls, prefixes: ["9x"]}
+          - name: c
+            cidrs: [203.0.113.0/24]
+            route: {address: 203.0.113.1}
+        """
+    assert errors(d, body) == [
+        "7:5: trusted_peers[1].route.address: missing required key 'address' (expected the "
+        "peer's IP address)",
+        '7:40: trusted_peers[1].route.prefixes[0]: invalid prefix "9x" (expected digits, *, #, '
+        "optionally after '+' (at most 32))",
+        "10:5: trusted_peers[2].route.prefixes: missing required key 'prefixes' (expected a list "
+        'of number prefixes ("" for every number))',
+    ]
+    config = load_config(write(d, "\n".join(body.splitlines()[:5]) + "\n"))
+    route = config.trusted_peers[0].route
+    assert route == PeerRoute("192.0.2.10", 5062, "udp", ("+44", "00", ""))
 
 
 def test_tls_subject_needs_tls_and_a_ca(d: Path) -> None:

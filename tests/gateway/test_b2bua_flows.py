@@ -504,3 +504,30 @@ def test_a_leg_2xx_retransmitted_when_the_b_leg_is_reliable() -> None:
     one_request(p.to_pbx(), "ACK")
     p.run_until(T0 + 30)
     assert p.to_phone() == []  # no more after the ACK
+
+
+def test_pbx_call_to_a_number_goes_to_the_trunk_of_the_longest_prefix() -> None:
+    from sbc.gateway.b2bua import TrunkRoute
+
+    carrier = Origin(EXTERNAL, "udp", "198.51.100.20", 5060)
+    premium = Origin(EXTERNAL, "udp", "198.51.100.30", 5070)
+    routed = setup(replace(STRICT, routes=(
+        TrunkRoute("", carrier, "carrier"), TrunkRoute("+4420", premium, "london"),
+    )))
+    routed.pbx(pbx_invite("+442071234567"), T0)
+    one_response(routed.to_pbx(), 100)
+    out = one_request(routed.to_phone(), "INVITE")
+    assert str(out.uri) == "sip:+442071234567@198.51.100.30:5070"
+    assert out.headers.get("to") == "<sip:+442071234567@198.51.100.30>"
+    assert out.from_.uri.host == "203.0.113.10"  # the SBC's external address, not the PBX's
+    assert [d for i, d, _ in routed.wire if i == EXTERNAL] == [premium.address]
+    routed.pbx(pbx_invite("0033123", call_id="pbx-call-2", branch="z9hG4bKpbxI2"), T0 + 1)
+    one_response(routed.to_pbx(), 100)
+    assert str(one_request(routed.to_phone(), "INVITE").uri) == "sip:0033123@198.51.100.20:5060"
+    assert routed.b2bua.counters["routed.london"] == 1
+    assert routed.b2bua.counters["routed.carrier"] == 1
+    hidden(routed, "pbx-call", "pbxfrom1", "asterisk@")
+
+    unrouted = setup()  # no route: a number that is no token is 404
+    unrouted.pbx(pbx_invite("+442071234567"), T0)
+    one_response(unrouted.to_pbx(), 404)
