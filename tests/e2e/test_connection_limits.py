@@ -14,11 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from sbc.app import certs as devcerts
-from sbc.sip.message import Response, parse_message
-from tests.e2e.conftest import SBC, SbcProcess, free_port, launched_sbc, options, wait_until
+from tests.e2e.conftest import (
+    SBC,
+    SbcProcess,
+    ask_options,
+    closed_within,
+    free_port,
+    launched_sbc,
+    peer_serial,
+    tcp_from,
+    wait_until,
+)
 
 IDLE = 1.5  # seconds: idle_timeout of the limits process
 HANDSHAKE = 0.5  # seconds: tls_handshake_timeout of the limits process
@@ -84,14 +92,6 @@ def reloadable(tmp_path_factory):
 # -- clients ------------------------------------------------------------------------------------
 
 
-def tcp_from(source: str, port: int, timeout: float = 5.0) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
-
 def client_context(sbc: SbcProcess, cert: Path | None = None,
                    key: Path | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(sbc.certs / "dev-ca.crt"))
@@ -103,39 +103,6 @@ def client_context(sbc: SbcProcess, cert: Path | None = None,
 def tls_from(source: str, sbc: SbcProcess, ctx: ssl.SSLContext | None = None) -> ssl.SSLSocket:
     raw = tcp_from(source, sbc.tls_port)
     return (ctx or client_context(sbc)).wrap_socket(raw, server_hostname="localhost")
-
-
-def ask_options(s: socket.socket, call_id: str, transport: str = "TCP") -> Response | None:
-    """Send OPTIONS on ``s``; the response, or None when the connection is refused or closed."""
-    try:
-        s.sendall(options(call_id, transport=transport))
-        data = s.recv(65535)
-    except (ssl.SSLError, OSError):
-        return None
-    if not data:
-        return None
-    resp = parse_message(data)
-    assert isinstance(resp, Response)
-    return resp
-
-
-def closed_within(s: socket.socket, seconds: float) -> float | None:
-    """Seconds until the server closes ``s`` (EOF or reset), None if it sends data or stays."""
-    start = time.monotonic()
-    s.settimeout(seconds)
-    try:
-        data = s.recv(65535)
-    except (ConnectionResetError, ssl.SSLError):
-        data = b""
-    except TimeoutError:
-        return None
-    return time.monotonic() - start if data == b"" else None
-
-
-def peer_serial(s: ssl.SSLSocket) -> int:
-    der = s.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 # -- limits -------------------------------------------------------------------------------------
