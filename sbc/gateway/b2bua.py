@@ -122,7 +122,7 @@ from sbc.gateway.registrar import (
 from sbc.gateway.stateless import stamp_received
 from sbc.gateway.topology import crossing_headers, hide_sdp_session
 from sbc.ids import IdSource
-from sbc.media.sdp import parse_sdp
+from sbc.media.sdp import SessionDescription, parse_sdp
 from sbc.sip.dialog import Dialog, DialogError, initial_request
 from sbc.sip.headers import Headers, NameAddr, canonical_name
 from sbc.sip.message import (
@@ -676,8 +676,9 @@ class B2BUA:
         # answered 483 by check_request (16.3 step 3).
         max_forwards = invite.max_forwards
         max_forwards = 70 if max_forwards is None else max_forwards
+        offer = None
         if invite.body and invite.content_type == "application/sdp":
-            parse_sdp(invite.body)  # an offer we cannot read is refused (488) before any state
+            offer = parse_sdp(invite.body)  # an offer we cannot read is refused (488) first
         a_txn = self.layers[origin.interface].create_server(invite, now, reliable=origin.reliable)
         a_tag = self.ids.tag()
         own = self.settings.own(peer.interface, peer.transport)
@@ -687,7 +688,7 @@ class B2BUA:
         )
         b_invite.headers.set("Max-Forwards", str(max_forwards - 1))
         call = Call(invite, origin, a_txn, a_tag, b_invite, peer)
-        b_invite.body = self._cross_sdp(call, invite, peer.interface)
+        b_invite.body = self._cross_sdp(call, invite, peer.interface, offer)
         if not b_invite.body:
             b_invite.headers.remove("content-type")
         self._routes[a_txn] = _Route(origin, call, "a-invite")
@@ -1311,13 +1312,15 @@ class B2BUA:
                                                     "content-encoding", "content-language")]
         return body, headers
 
-    def _cross_sdp(self, call: Call, source: Request | Response, to_side: str) -> bytes:
+    def _cross_sdp(self, call: Call, source: Request | Response, to_side: str,
+                   parsed: SessionDescription | None = None) -> bytes:
         """The body of ``source`` as it may appear on ``to_side``: only SDP crosses, with the
         ``o=`` line the SBC's own (its address on that side, a session id per leg, a version
-        bumped whenever the other side's SDP changed, RFC 3264 8).  Raises :class:`SdpError`."""
+        bumped whenever the other side's SDP changed, RFC 3264 8).  ``parsed`` is the body
+        already parsed by the caller.  Raises :class:`SdpError`."""
         if not source.body or source.content_type != "application/sdp":
             return b""
-        sdp = parse_sdp(source.body)
+        sdp = parsed if parsed is not None else parse_sdp(source.body)
         origin = call.sdp.get(to_side)
         if origin is None:
             origin = call.sdp[to_side] = _SdpOrigin(_numeric_id(self.ids.token()))
