@@ -6,12 +6,17 @@ against sipp's built-in UAS, on 127.0.0.1.  The rate is raised until calls fail 
 behind, then narrowed by bisection; each step runs ``--duration`` seconds of calls.
 
 It measures twice in one run: the baseline, sipp UAC straight to sipp UAS, then the same
-search through sbc (``sipp UAC -> sbc run -> sipp UAS``, the UAS as the PBX, sbc's external and
-internal interfaces on UDP whatever the UAC's transport), and reports both maxima, their ratio
-and the SBC's CPU seconds per call (utime + stime of the sbc process from /proc, over the steps
-that passed).
+search through sbc (``sipp UAC -> sbc run -> sipp UAS``, the UAS as the PBX on UDP), and reports
+both maxima, their ratio and the SBC's CPU seconds per call (utime + stime of the sbc process
+from /proc, over the steps that passed).
 
-    python bench/bench_signalling.py [--duration 5] [--hold-ms 100] [--transport u1] [--json]
+``--transport`` is sipp's: ``u1`` (UDP) or ``t1`` (TCP) on the external side, or ``tls``: sipp
+has no TLS, so sipp speaks TCP to a socat bridge that opens one TLS connection to the SBC's TLS
+listener (verified against the development CA made for the run); the baseline is then sipp to
+sipp over TCP, and socat's own CPU is reported apart.
+
+    python bench/bench_signalling.py [--duration 5] [--hold-ms 100] [--transport u1|t1|tls]
+                                     [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,6 +79,7 @@ def run_step(sipp: str, uas_pid: int, target: str, rate: int, duration: float, h
     calls = max(1, int(rate * duration))
     cpu0 = cpu_seconds(uas_pid)
     sbc0 = cpu_seconds(sbc_pid) if sbc_pid else 0.0
+    transport = "t1" if transport == "tls" else transport
     cmd = [sipp, "-sn", "uac", target, "-i", "127.0.0.1", "-p", str(free_port()), "-t", transport,
            "-r", str(rate), "-m", str(calls), "-d", str(hold_ms), "-nostdin",
            "-timeout", str(int(duration * 4 + 20)), "-timeout_error", "-max_socket", "2000"]
@@ -117,7 +124,7 @@ interfaces:
     address: 127.0.0.1
     udp: {{enabled: true, port: {sip}}}
     tcp: {{enabled: true, port: {sip}}}
-    tls: {{enabled: false, port: {tls}}}
+    tls: {{enabled: {tls_on}, port: {tls}}}
   internal:
     address: 127.0.0.1
     udp: {{enabled: true, port: {internal}}}
@@ -127,6 +134,9 @@ limits:
 pbx: {{address: 127.0.0.1, port: {pbx}, transport: udp}}
 trusted_peers:  # the UAC plays a trunk (no registration needed)
   - {{name: bench-trunk, cidrs: [127.0.0.1/32]}}
+tls:
+  certificate: {certs}/server.crt
+  private_key: {certs}/server.key
 """
 
 
@@ -171,37 +181,72 @@ def measure(sipp: str, args: argparse.Namespace, workdir: Path,
             through_sbc: bool) -> tuple[int, list[Step]]:
     """Start a sipp UAS (and, through_sbc, an sbc in front of it) and search the max rate."""
     uas_port = free_port()
-    uas_transport = "u1" if through_sbc else args.transport  # sbc reaches the PBX over UDP
+    sipp_transport = "t1" if args.transport == "tls" else args.transport
+    uas_transport = "u1" if through_sbc else sipp_transport  # sbc reaches the PBX over UDP
     uas = subprocess.Popen([sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port),
                             "-t", uas_transport, "-nostdin", "-max_socket", "2000"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            stdin=subprocess.DEVNULL, cwd=workdir)
-    sbc = None
+    sbc = bridge = None
     try:
         target = f"127.0.0.1:{uas_port}"
         if through_sbc:
             ports = dict(sip=free_port(), tls=free_port(), internal=free_port(), pbx=uas_port)
+            certs = workdir / "certs"
+            if not certs.exists():
+                subprocess.run([*sbc_command(), "certs", "init", "--dir", str(certs)],
+                               check=True, capture_output=True, timeout=60)
             config = workdir / "sbc.yaml"
-            config.write_text(SBC_CONFIG.format(**ports))
+            config.write_text(SBC_CONFIG.format(
+                certs=certs, tls_on=str(args.transport == "tls").lower(), **ports))
             with (workdir / "sbc.log").open("wb") as log:
                 sbc = subprocess.Popen([*sbc_command(), "run", "-c", str(config)], stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if not wait_ready(ports["sip"], sbc):
                 raise RuntimeError("sbc did not start:\n" + (workdir / "sbc.log").read_text())
             target = f"127.0.0.1:{ports['sip']}"
+            if args.transport == "tls":
+                socat = shutil.which("socat")
+                if socat is None:
+                    raise RuntimeError("socat is not installed (make deps)")
+                bridge_port = free_port()
+                bridge = subprocess.Popen(
+                    [socat, f"TCP-LISTEN:{bridge_port},bind=127.0.0.1,reuseaddr,fork",
+                     f"OPENSSL:127.0.0.1:{ports['tls']},cafile={certs}/dev-ca.crt,verify=1"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL)
+                for _ in range(100):  # bounded: about 5 s
+                    if _listening(bridge_port):
+                        break
+                target = f"127.0.0.1:{bridge_port}"
         return find_max_rate(sipp, uas.pid, target, args, workdir,
                              sbc.pid if sbc is not None else None)
     finally:
+        if bridge is not None:
+            stop(bridge)
         if sbc is not None:
             stop(sbc)
         stop(uas)
+
+
+def _listening(port: int) -> bool:
+    """Is something listening on 127.0.0.1:port?  Checked without connecting (a connection to
+    socat would make it open a TLS connection to the SBC): from /proc/net/tcp."""
+    wanted = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A":  # LISTEN
+            return True
+    time.sleep(0.05)
+    return False
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of calls per step")
     ap.add_argument("--hold-ms", type=int, default=100, help="pause between ACK and BYE")
-    ap.add_argument("--transport", default="u1", choices=["u1", "t1"], help="sipp -t mode")
+    ap.add_argument("--transport", default="u1", choices=["u1", "t1", "tls"],
+                    help="sipp -t mode, or tls (sipp over TCP to a socat TLS bridge)")
     ap.add_argument("--start-rate", type=int, default=100)
     ap.add_argument("--max-rate", type=int, default=20000)
     ap.add_argument("--bisect-steps", type=int, default=5)
