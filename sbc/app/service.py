@@ -177,7 +177,8 @@ def _connector(config: Config, settings: B2buaSettings, core: StatelessCore, dri
         return SipStreamFactory(core, p.interface, guard, reactor, tls=p.transport == "tls",
                                 driver=driver)
 
-    return Connector(reactor, peers, factory_for, driver.connect_failed, tls_options_for)
+    return Connector(reactor, peers, factory_for, driver.connect_failed, tls_options_for,
+                     counters=core.counters)
 
 
 def _tls_files(config: Config) -> TlsFiles:

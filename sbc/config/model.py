@@ -175,6 +175,7 @@ class TimersConfig:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    ring_timeout: float = 180.0
 
 
 @dataclass(frozen=True, slots=True)

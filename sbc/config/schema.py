@@ -138,10 +138,11 @@ def read_limits(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str,
 
 
 def read_timers(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, object]) -> object:
-    s = r.section(node, path, ["t1", "t2", "t4"])
+    s = r.section(node, path, ["t1", "t2", "t4", "ring_timeout"])
     d = TimersConfig()
     return TimersConfig(
-        t1=s.seconds("t1", d.t1), t2=s.seconds("t2", d.t2), t4=s.seconds("t4", d.t4)
+        t1=s.seconds("t1", d.t1), t2=s.seconds("t2", d.t2), t4=s.seconds("t4", d.t4),
+        ring_timeout=s.seconds("ring_timeout", d.ring_timeout),
     )
 
 

@@ -56,8 +56,8 @@ Calls
   Max-Forwards decremented per RFC 3261 16.6 step 3, so 1 is forwarded as 0 and only 0 is
   answered 483).  From the outside it goes to the PBX; from the PBX, a Request-URI whose user is
   a registration token goes to that user's flow (404 for an unknown token, 480 when the
-  registration lapsed or its connection is gone), anything else is 404 (trunk routing is still
-  to come).
+  registration lapsed or its connection is gone), a number covered by a trunk route
+  (:class:`TrunkRoute`, longest prefix) to that trunk, anything else is 404.
 * The B-leg's responses are relayed on the A-leg with the SBC's own To tag (one per call) and
   Contact; a non-2xx final is ACKed by the B-leg transaction and its A-leg copy's ACK absorbed
   by the A-leg transaction; a 2xx confirms both dialogs, and the B-leg 2xx is ACKed end to end
@@ -76,14 +76,18 @@ Calls
 * BYE from either side of a confirmed call: 200 to it, a BYE on the other leg, the call
   forgotten once that BYE has its final response or times out; a re-INVITE still pending on the
   leg that hung up is answered 487.
-* Any other request inside a call (re-INVITE for hold/resume, UPDATE, INFO, OPTIONS, ...) is
-  relayed on the other leg as a request of that leg's dialog (its own CSeq, Contact, route set),
-  and its responses come back the same way; a re-INVITE's 2xx is ACKed end to end when the
+* REFER and SUBSCRIBE inside a call get 405 (their URIs and dialog ids belong to one leg),
+  PRACK 481 (reliable provisionals are never offered).  Any other request inside a call
+  (re-INVITE for hold/resume, UPDATE, INFO, OPTIONS, MESSAGE, NOTIFY...) is relayed on the
+  other leg as a request of that leg's dialog (its own CSeq, Contact, route set), and its
+  responses come back the same way; a re-INVITE's 2xx is ACKed end to end when the
   sender's ACK arrives, like the initial one.  A re-INVITE while another is pending, or before
   the call is confirmed, gets 491 (RFC 3261 14.2); CSeq out of order gets 500 and a request
   outside a known dialog 481 (RFC 3261 12.2.2).
 * 408 on the A-leg when the B-leg INVITE times out (Timer B); 503 when the transport towards the
-  PBX fails, 480 when the flow towards a user does (RFC 3261 8.1.3.1, RFC 5626 5.3).
+  PBX or a trunk fails, 480 when the flow towards a registered user does (RFC 3261 8.1.3.1, RFC
+  5626 5.3).  A connection that closes fails the requests still waiting on it at once
+  (:meth:`B2BUA.flow_closed`).
 
 Registration relay
 ~~~~~~~~~~~~~~~~~~
@@ -105,6 +109,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import heapq
 import ipaddress
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -160,6 +165,10 @@ KNOWN_METHODS = frozenset({
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK",
     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
 })
+# Requests that open a subscription inside a call carry URIs and dialog ids of one leg (Refer-To,
+# Replaces, event packages): relayed as they are, they would break or leak, so they get 405 until
+# the B2BUA translates them.
+NOT_RELAYED_IN_DIALOG = frozenset({"REFER", "SUBSCRIBE"})
 # Option tags whose meaning is tied to one hop or one dialog's identifiers: a B2BUA relaying the
 # header unchanged would promise what it cannot keep (reliable provisionals, Replaces of a dialog
 # id only one leg knows, GRUUs, outbound flows, Path).  They are removed from what crosses.
@@ -271,6 +280,7 @@ class B2buaSettings:
     domain: str
     timers: TimerSettings = DEFAULT_TIMERS
     supported: frozenset[str] = frozenset()
+    ring_timeout: float = 180.0  # RFC 3261 16.6 step 11, Timer C: more than 3 minutes
     listeners: tuple[SipAddress, ...] = ()
     internal_listeners: tuple[SipAddress, ...] = ()
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
@@ -343,6 +353,8 @@ class Call:
     cancel_pending: bool = False
     cancel_deadline: float | None = None
     a_final_sent: bool = False
+    to_user: bool = False  # the B-leg goes to a registered user's flow (480 when it fails)
+    ring_deadline: float | None = None  # Timer C: when the B-leg INVITE is given up
     # The A-leg 2xx retransmitted by the SBC itself (RFC 3261 13.3.1.4) when the A-leg is
     # unreliable but the B-leg is reliable (no retransmissions to relay): next time, interval.
     a_2xx: Response | None = None
@@ -389,6 +401,7 @@ class _Relay:
     from_a: bool = False  # in a call: the sender is the A-leg peer
     handle: int | None = None
     to_tag: str | None = None
+    to_user: bool = False  # the target is a registered user's flow
     client: ClientTransaction | None = None
     final_sent: bool = False
     provisional: bool = False
@@ -432,6 +445,10 @@ class B2BUA:
         self._live: dict[int, Call] = {}
         self._cancelling: dict[int, Call] = {}
         self._retransmitting: dict[int, Call] = {}
+        # Timer C of every call still ringing: a heap with lazy deletion (an entry is live while
+        # the call's ring_deadline still equals it), so many ringing calls cost O(log n).
+        self._ring_heap: list[tuple[float, int, Call]] = []
+        self._ring_seq = 0
         self._routes: dict[Transaction, _Route] = {}
         self._commands: list[Command] = []
         self._sweep_at: float | None = None
@@ -452,6 +469,11 @@ class B2BUA:
         deadlines = [layer.get_timer() for layer in self.layers.values()]
         deadlines.extend(call.cancel_deadline for call in self._cancelling.values())
         deadlines.extend(call.a_2xx_at for call in self._retransmitting.values())
+        heap = self._ring_heap
+        while heap and heap[0][2].ring_deadline != heap[0][0]:
+            heapq.heappop(heap)
+        if heap:
+            deadlines.append(heap[0][0])
         deadlines.append(self._sweep_at)
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -509,6 +531,12 @@ class B2BUA:
         for call in list(self._retransmitting.values()):
             if call.a_2xx_at is not None and call.a_2xx_at <= now:
                 self._retransmit_2xx(call, now)
+        heap = self._ring_heap
+        while heap and heap[0][0] <= now:
+            when, _, call = heapq.heappop(heap)
+            if call.ring_deadline == when:
+                call.ring_deadline = None
+                self._ring_timeout(call, now)
         if self._sweep_at is not None and self._sweep_at <= now:
             self.registrar.expire(now)
             self._arm_sweep(now)
@@ -529,8 +557,29 @@ class B2BUA:
 
     def flow_closed(self, flow: Origin, now: float) -> None:
         """The connection ``flow`` is gone: registrations made over it answer 480 from now on
-        (RFC 5626 5.3)."""
+        (RFC 5626 5.3), and the requests sent over it that still wait for an answer fail with a
+        transport error (RFC 3261 17.1.4) instead of waiting for their timeout (a TLS handshake
+        to the PBX that failed, a phone that disconnected while ringing).  Flows close rarely,
+        so the scan of the transactions in progress is affordable."""
         self.registrar.flow_closed(flow, now)
+        if not flow.reliable:
+            return
+        waiting = [
+            txn for txn, route in self._routes.items()
+            if isinstance(txn, ClientTransaction) and route.peer == flow and not txn.terminated
+        ]
+        for txn in waiting:
+            txn.transport_error(now)
+            self._pump(txn, now)
+            route = self._routes.get(txn)
+            call = None if route is None else route.call
+            if (route is not None and route.role == "b-invite" and call is not None
+                    and not txn.terminated and call.state is CallState.CALLING):
+                # Ringing over a connection that is gone: no final can come back, and no CANCEL
+                # can be sent.  The caller is told now and the transaction dropped.
+                self._fail_a_leg(call, 480 if call.to_user else 503, now)
+                txn.abandon()
+                self._pump(txn, now)
 
     def _arm_sweep(self, now: float) -> None:
         busy = len(self.registrar) > 0 or self.registrar.next_deadline() is not None
@@ -643,7 +692,7 @@ class B2BUA:
         local_uri = str(NameAddr(SipUri("sip", own.host, user=from_user), from_.display_name))
         remote_uri = f"<{binding.aor}>"
         if request.method == "INVITE":
-            self._invite(request, origin, now, flow, target, local_uri, remote_uri)
+            self._invite(request, origin, now, flow, target, local_uri, remote_uri, to_user=True)
         else:
             self._relay_out_of_dialog(request, origin, now, flow, target, local_uri, remote_uri)
 
@@ -663,7 +712,7 @@ class B2BUA:
 
     def _invite(
         self, invite: Request, origin: Origin, now: float, peer: Origin, ruri: SipUri,
-        local_uri: str, remote_uri: str,
+        local_uri: str, remote_uri: str, *, to_user: bool = False,
     ) -> None:
         if not isinstance(invite.uri, SipUri | TelUri):
             raise SipParseError("unroutable Request-URI", 416)
@@ -687,7 +736,7 @@ class B2BUA:
             local_contact=own.contact(), headers=self._crossing(invite.headers),
         )
         b_invite.headers.set("Max-Forwards", str(max_forwards - 1))
-        call = Call(invite, origin, a_txn, a_tag, b_invite, peer)
+        call = Call(invite, origin, a_txn, a_tag, b_invite, peer, to_user=to_user)
         b_invite.body = self._cross_sdp(call, invite, peer.interface, offer)
         if not b_invite.body:
             b_invite.headers.remove("content-type")
@@ -697,6 +746,21 @@ class B2BUA:
         self._live[id(call)] = call
         self._pump(a_txn, now)  # the 100 Trying
         call.b_txn = self._start(b_invite, peer, call, "b-invite", now)
+        if call.state is CallState.CALLING and self.settings.ring_timeout > 0:
+            call.ring_deadline = now + self.settings.ring_timeout
+            self._ring_seq += 1
+            heapq.heappush(self._ring_heap, (call.ring_deadline, self._ring_seq, call))
+
+    def _ring_timeout(self, call: Call, now: float) -> None:
+        """Timer C fired: the callee rang too long without a final.  CANCEL the B-leg and
+        answer the caller 408 (RFC 3261 16.6 step 11, 16.7 step 2)."""
+        if call.state is not CallState.CALLING or call.a_final_sent:
+            return
+        self._count("timeout.ringing")
+        if call.provisional and not call.cancel_pending:
+            call.cancel_pending = True
+            self._send_cancel(call, now)
+        self._fail_a_leg(call, 408, now)
 
     def _cancel(self, cancel: Request, origin: Origin, now: float) -> None:
         layer = self.layers[origin.interface]
@@ -770,6 +834,9 @@ class B2BUA:
         if request.method == "PRACK":  # reliable provisionals are not offered (100rel removed)
             self._reject(request, origin, now, 481)
             return
+        if request.method in NOT_RELAYED_IN_DIALOG:
+            self._reject(request, origin, now, 405, [("Allow", ALLOW)])
+            return
         self._relay_in_dialog(call, from_a, request, origin, now)
 
     def _relay_in_dialog(
@@ -789,7 +856,8 @@ class B2BUA:
         server = self.layers[origin.interface].create_server(
             request, now, reliable=origin.reliable, trying=request.method == "INVITE"
         )
-        relay = _Relay(origin, request, server, target, out, call=call, from_a=from_a)
+        relay = _Relay(origin, request, server, target, out, call=call, from_a=from_a,
+                       to_user=target.interface == EXTERNAL)
         self._routes[server] = _Route(origin, call, "relay-in", relay)
         call.relays[id(relay)] = relay
         if request.method == "INVITE":
@@ -957,7 +1025,7 @@ class B2BUA:
         server = self.layers[origin.interface].create_server(
             request, now, reliable=origin.reliable, trying=False
         )
-        relay = _Relay(origin, request, server, target, out, to_tag=self.ids.tag())
+        relay = _Relay(origin, request, server, target, out, to_tag=self.ids.tag(), to_user=True)
         self._routes[server] = _Route(origin, None, "relay-in", relay)
         relay.client = self._start(out, target, None, "relay-out", now, relay=relay)
 
@@ -1002,7 +1070,7 @@ class B2BUA:
             elif isinstance(event, TimedOut):
                 self._fail_a_leg(call, 408, now)  # Timer B (RFC 3261 17.1.1.2)
             elif isinstance(event, TransportFailed):  # RFC 3261 8.1.3.1; RFC 5626 5.3
-                self._fail_a_leg(call, 480 if call.b_peer.interface == EXTERNAL else 503, now)
+                self._fail_a_leg(call, 480 if call.to_user else 503, now)
         elif route.role == "a-invite":
             if isinstance(event, AckReceived):  # a 2xx ACK that reused the INVITE's branch
                 if call.a_dialog is not None and call.b_dialog is not None:
@@ -1021,7 +1089,7 @@ class B2BUA:
         elif isinstance(event, TimedOut):
             self._relay_failed(relay, 408, now)
         elif isinstance(event, TransportFailed):
-            self._relay_failed(relay, 480 if relay.target.interface == EXTERNAL else 503, now)
+            self._relay_failed(relay, 480 if relay.to_user else 503, now)
         elif isinstance(event, Terminated) and relay.final_sent:
             self._forget_relay(relay)
 
@@ -1102,6 +1170,8 @@ class B2BUA:
 
     def _b_invite_response(self, call: Call, response: Response, now: float) -> None:
         status = response.status
+        if status >= 200:
+            call.ring_deadline = None
         if status == 100:
             call.provisional = True  # hop by hop: the A-leg had its own 100 Trying
         elif status < 200:
@@ -1230,6 +1300,7 @@ class B2BUA:
 
     def _end(self, call: Call) -> None:
         call.state = CallState.ENDED
+        call.ring_deadline = None
         self._set_cancel_deadline(call, None)
         self._stop_2xx(call)
         for key in (call.a_key, call.b_key):

@@ -16,9 +16,10 @@ host, peer port).  There is no such connection when the peer has gone: the messa
 (``driver.no_connection``) and the B2BUA is told (:meth:`B2BUA.send_failed`), so the call to
 a user whose connection closed fails with 480 instead of waiting for a timeout.  A closed
 connection is also reported as a closed flow (:meth:`B2BUA.flow_closed`): the registrations
-made over it stop taking calls (RFC 5626 5.3).  Opening outbound TCP/TLS connections (towards
-the PBX, or back to a phone whose connection closed) is not done: the PBX is reached over UDP
-only, which :func:`b2bua_settings_from` enforces.
+made over it stop taking calls (RFC 5626 5.3) and the requests waiting on it fail.  Towards the
+PBX and the trunks routed over TCP/TLS, a missing connection is opened by the
+:class:`~sbc.net.outbound.Connector` (once, then reused); a phone whose connection closed is
+never called back on another one.
 
 It keeps exactly one ``callLater`` armed at :meth:`B2BUA.get_timer`, re-armed after every input
 and every firing.  An exception inside a core is logged and counted (``internal.error``) and
@@ -116,6 +117,7 @@ def b2bua_settings_from(
         pbx=SipAddress(pbx_ip, pbx.port, pbx.transport),
         domain=pbx.address,
         timers=TimerSettings(t1=timers.t1, t2=timers.t2, t4=timers.t4),
+        ring_timeout=timers.ring_timeout,
         listeners=listeners,
         internal_listeners=internal_listeners,
         registration=RegistrationPolicy(

@@ -24,7 +24,7 @@ for a lab PBX with a self-signed certificate (logged as a warning at start).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,7 @@ class Connector:
         factory_for: Callable[[Peer], protocol.Factory],
         failed: Callable[[list[Any]], None],
         tls_options_for: Callable[[Peer], Any] | None = None,
+        counters: MutableMapping[str, int] | None = None,
     ) -> None:
         self.reactor = reactor
         self.peers = {p.key: p for p in peers}
@@ -106,7 +107,7 @@ class Connector:
         self.failed = failed
         self.tls_options_for = tls_options_for
         self._attempts: dict[Key, _Attempt] = {}
-        self.counters: dict[str, int] = {}
+        self.counters: MutableMapping[str, int] = counters if counters is not None else {}
 
     def knows(self, interface: str, transport: str, destination: Address) -> bool:
         peer = self.peers.get((interface, destination[0], destination[1]))

@@ -531,3 +531,60 @@ def test_pbx_call_to_a_number_goes_to_the_trunk_of_the_longest_prefix() -> None:
     unrouted = setup()  # no route: a number that is no token is 404
     unrouted.pbx(pbx_invite("+442071234567"), T0)
     one_response(unrouted.to_pbx(), 404)
+
+
+def test_a_closed_flow_fails_what_waits_on_it() -> None:
+    """The phone's TCP connection closes while it rings: the PBX gets 480 at once, not after
+    Timer B; a trunk that cannot be reached gives 503."""
+    p = setup()
+    token = registered(p, PHONE_TCP)
+    p.pbx(pbx_invite(token), T0 + 10)
+    one_response(p.to_pbx(), 100)
+    b_invite = one_request(p.to_phone(), "INVITE")
+    feed(p, respond(b_invite, 180, tag="ring1"), PHONE_TCP, T0 + 10.1)
+    one_response(p.to_pbx(), 180)
+    p.b2bua.flow_closed(PHONE_TCP, T0 + 11)
+    p._collect()
+    assert one_response(p.to_pbx(), 480).cseq.method == "INVITE"
+    assert len(p.b2bua) == 0
+
+    from sbc.gateway.b2bua import Send, TrunkRoute
+
+    trunk = Origin(EXTERNAL, "tcp", "198.51.100.20", 5060)
+    t = setup(replace(STRICT, routes=(TrunkRoute("", trunk, "carrier"),)))
+    t.pbx(pbx_invite("0800123"), T0)
+    one_response(t.to_pbx(), 100)
+    out = one_request(t.to_phone(), "INVITE")
+    t.b2bua.send_failed(Send(EXTERNAL, "tcp", trunk.address, out), T0 + 0.01)
+    t._collect()
+    one_response(t.to_pbx(), 503)
+
+
+def test_refer_inside_a_call_is_405() -> None:
+    """REFER carries a Refer-To of one leg: not relayed until the B2BUA translates it."""
+    p = setup(SETTINGS)
+    _, a_200, _ = established(p)
+    p.phone(phone_in_dialog("REFER", a_200, 21, "z9hG4bKrefer"), T0 + 5)
+    answer = one_response(p.to_phone(), 405)
+    assert "INVITE" in (answer.headers.get("allow") or "")
+    assert p.to_pbx() == []
+
+
+def test_timer_c_cancels_a_call_that_rings_too_long() -> None:
+    p = setup(replace(SETTINGS, ring_timeout=60.0))
+    p.phone(invite(), T0)
+    one_response(p.to_phone(), 100)
+    b_invite = one_request(p.to_pbx(), "INVITE")
+    p.pbx(respond(b_invite, 180, tag=PBX_TAG), T0 + 0.1)
+    one_response(p.to_phone(), 180)
+    p.run_until(T0 + 59.9)
+    assert p.to_phone() == [] and p.to_pbx() == []
+    p.run_until(T0 + 60)
+    assert one_response(p.to_phone(), 408).to.tag == "x1"
+    cancel = one_request(p.to_pbx(), "CANCEL")
+    assert cancel.cseq.seq == b_invite.cseq.seq
+    p.pbx(respond(cancel, 200), T0 + 60.1)
+    p.pbx(respond(b_invite, 487, tag=PBX_TAG), T0 + 60.2)
+    assert p.to_phone() == []  # the 487 is not relayed: the caller has its 408
+    assert len(p.b2bua) == 0
+    assert p.b2bua.counters["timeout.ringing"] == 1
