@@ -292,6 +292,15 @@ class Transaction:
         self._on_transport_error(now)
         self._notify()
 
+    def abandon(self) -> None:
+        """The TU gives up on this transaction (the connection it used is gone, or it waited
+        too long): it ends at once, without sending anything more."""
+        if self.state is not TERMINATED:
+            self.state = TERMINATED
+            self._deadlines.clear()
+            self._events.append(Terminated())
+            self._notify()
+
     # Machinery -------------------------------------------------------------------------------
 
     def _advance(self, now: float) -> float:
