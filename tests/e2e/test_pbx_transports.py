@@ -142,3 +142,49 @@ def test_pbx_unreachable_gives_503_at_once(tmp_path: Path) -> None:
                 break
         assert statuses == [100, 503], (statuses, sbc.log.read_text()[-2000:])
         assert sbc.alive()
+
+
+def test_pbx_certificate_for_another_name_fails_the_call_at_once(tmp_path: Path) -> None:
+    """The PBX's TLS certificate does not carry pbx.server_name: the handshake fails, nothing
+    is sent in clear, and the caller gets 503 at once (not after Timer B)."""
+    socat = require_tool("socat")
+    certs = tmp_path / "certs"
+    subprocess.run([SBC, "certs", "init", "--dir", str(certs)], check=True,
+                   capture_output=True, timeout=60)
+    ports = dict(sip=free_port(), tls=free_port(), internal=free_port(),
+                 internal_tls=free_port(), pbx=free_port())
+    received = tmp_path / "pbx-received.raw"
+    bridge = subprocess.Popen(
+        [socat, "-r", str(received),
+         f"OPENSSL-LISTEN:{ports['pbx']},bind=127.0.0.1,reuseaddr,fork,"
+         f"cert={certs}/server.crt,key={certs}/server.key,verify=0", "SYSTEM:cat >/dev/null"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: _listening(ports["pbx"]))
+        config = CONFIG.format(transport="tls", certs=certs, tcp_on="false", tls_on="true",
+                               **ports).replace("server_name: localhost",
+                                                "server_name: pbx.wrong.example")
+        invite = (
+            f"INVITE sip:2001@127.0.0.1:{ports['sip']} SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKname1;rport\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1>;tag=n1\r\n"
+            "To: <sip:2001@127.0.0.1>\r\nCall-ID: name-1\r\nCSeq: 1 INVITE\r\n"
+            "Contact: <sip:1001@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n").encode()
+        with launched_sbc(tmp_path, config, certs, ports) as sbc, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(10)
+            s.sendto(invite, ("127.0.0.1", ports["sip"]))
+            statuses = []
+            for _ in range(3):
+                try:
+                    data, _ = s.recvfrom(65535)
+                except TimeoutError:
+                    break
+                statuses.append(int(data.split(b" ", 2)[1]))
+                if statuses[-1] >= 200:
+                    break
+            assert statuses == [100, 503], (statuses, sbc.log.read_text()[-2000:])
+        assert not received.exists() or b"INVITE" not in received.read_bytes()
+    finally:
+        _stop(bridge)
