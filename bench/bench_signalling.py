@@ -199,9 +199,13 @@ def measure(sipp: str, args: argparse.Namespace, workdir: Path,
             config = workdir / "sbc.yaml"
             config.write_text(SBC_CONFIG.format(
                 certs=certs, tls_on=str(args.transport == "tls").lower(), **ports))
+            env = dict(os.environ)
+            if args.profile:
+                env["SBC_PROFILE"] = str(Path(args.profile).resolve())
             with (workdir / "sbc.log").open("wb") as log:
                 sbc = subprocess.Popen([*sbc_command(), "run", "-c", str(config)], stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env)
             if not wait_ready(ports["sip"], sbc):
                 raise RuntimeError("sbc did not start:\n" + (workdir / "sbc.log").read_text())
             target = f"127.0.0.1:{ports['sip']}"
@@ -251,6 +255,10 @@ def main() -> int:
     ap.add_argument("--max-rate", type=int, default=20000)
     ap.add_argument("--bisect-steps", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="run the sbc under cProfile, write the stats to FILE and print the "
+                         "top functions (the profiler slows it down: use for where, not how "
+                         "fast)")
     args = ap.parse_args()
     sipp = shutil.which("sipp")
     if sipp is None:
@@ -290,6 +298,12 @@ def main() -> int:
         print(f"ratio through sbc / direct: {ratio}")
         per_call = "n/a" if cpu_per_call is None else f"{cpu_per_call * 1000:.3f} ms"
         print(f"sbc CPU per call (steps that passed): {per_call}")
+    if args.profile and Path(args.profile).exists():
+        import pstats
+
+        print(f"\n--- where the sbc spent its time (cProfile, {args.profile}) ---")
+        stats = pstats.Stats(args.profile, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(25)
     return 0
 
 

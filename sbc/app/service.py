@@ -17,6 +17,7 @@ files that do not load are logged and ignored.
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,5 +229,14 @@ def run(config: Config) -> int:
     loop.clock = reactor
     loop.start(STATS_INTERVAL, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", log_counters)
-    reactor.run()  # type: ignore[attr-defined]
+    profile_to = os.environ.get("SBC_PROFILE")
+    if profile_to:  # opt-in, for bench/: where the process spends its time, as pstats
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.runcall(reactor.run)  # type: ignore[attr-defined]
+        profiler.dump_stats(profile_to)
+        log.info("profile written to {path}", path=profile_to)
+    else:
+        reactor.run()  # type: ignore[attr-defined]
     return 0
