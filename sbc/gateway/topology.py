@@ -40,6 +40,7 @@ HOP_BY_HOP = frozenset({
     "via", "route", "record-route", "contact", "call-id", "from", "to", "cseq", "max-forwards",
     "content-length", "path", "service-route", "proxy-require",
 })
+assert not END_TO_END & HOP_BY_HOP
 
 
 def crossing_headers(
@@ -52,12 +53,11 @@ def crossing_headers(
     ``extra_allowed`` names more headers the operator lets through (e.g. ``P-Asserted-Identity``
     towards a trusted PBX); hop-by-hop headers are refused even if listed there.
     """
-    allowed = END_TO_END | {canonical_name(n) for n in extra_allowed}
-    return [
-        (name, value)
-        for name, value in source
-        if (key := canonical_name(name)) in allowed and key not in HOP_BY_HOP
-    ]
+    allowed = END_TO_END
+    if extra_allowed:
+        allowed = (END_TO_END | {canonical_name(n) for n in extra_allowed}) - HOP_BY_HOP
+    # Every entry carries its canonical key already (END_TO_END and HOP_BY_HOP are disjoint).
+    return [(name, value) for key, name, value in source._entries if key in allowed]
 
 
 def hide_sdp_origin(sdp: SessionDescription, *, address: str, sess_id: str,

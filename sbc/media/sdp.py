@@ -93,15 +93,18 @@ _REAL = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
 _INLINE_KEY = re.compile(r"(?i)(inline:)[^|; ]*")
 
 _T = TypeVar("_T")
+_MISSING: Any = object()
 
 
 def _fields(value: str) -> list[str]:
     """Split on SP, tolerating runs of spaces and trailing spaces."""
-    return [f for f in value.split(" ") if f]
+    fields = value.split(" ")
+    return [f for f in fields if f] if "" in fields else fields
 
 
 def _number(text: str, what: str, *, high: int | None = None, digits: int = 20) -> int:
-    if not re.fullmatch(f"[0-9]{{1,{digits}}}", text):
+    # 1 to ``digits`` ASCII digits: isdigit() alone would accept other scripts' digits.
+    if not (0 < len(text) <= digits and text.isascii() and text.isdigit()):
         raise SdpError(f"{what} must be a decimal number")
     value = int(text)
     if high is not None and value > high:
@@ -495,17 +498,32 @@ def _check_line(line: Line) -> None:
     # s i u e p k and unknown types are free text.
 
 
-def _checked_line(kind: str, value: str) -> Line:
-    """Build a line for a mutator; a value that would not parse is the caller's bug.
+# The line types whose check in _check_line is exactly their typed parse.
+_LINE_PARSERS: dict[str, Callable[[str], Any]] = {
+    "o": Origin.parse,
+    "c": Connection.parse,
+    "b": Bandwidth.parse,
+    "t": Timing.parse,
+    "m": MediaLine.parse,
+}
 
-    The size caps protect us from peers and are not applied to what we write.
-    """
-    if any(c in value for c in "\r\n\x00"):
+
+def _check_text(kind: str, value: str) -> None:
+    """Refuse a value no line may hold: a line break, NUL, or text that is not Unicode."""
+    if "\r" in value or "\n" in value or "\x00" in value:
         raise ValueError(f"invalid {kind}= value")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"invalid {kind}= value") from None
+
+
+def _checked_line(kind: str, value: str) -> Line:
+    """Build a line for a mutator; a value that would not parse is the caller's bug.
+
+    The size caps protect us from peers and are not applied to what we write.
+    """
+    _check_text(kind, value)
     line = Line(kind, value)
     try:
         _check_line(line)
@@ -515,9 +533,21 @@ def _checked_line(kind: str, value: str) -> Line:
 
 
 def _typed_line(kind: str, value: Any, parse: Callable[[str], Any]) -> Line:
-    """A line for a typed value, refused if it would not read back as the same value."""
-    line = _checked_line(kind, value.to_str())
-    if parse(line.value) != value:
+    """A line for a typed value, refused if it would not read back as the same value.
+
+    For o= c= b= t= m= the check of :func:`_check_line` *is* ``parse``, so it runs once."""
+    text = value.to_str()
+    if _LINE_PARSERS.get(kind) == parse:
+        _check_text(kind, text)
+        try:
+            parsed = parse(text)
+        except SdpError as exc:
+            raise ValueError(f"invalid {kind}= value: {exc.message}") from None
+        line = Line(kind, text)
+    else:
+        line = _checked_line(kind, text)
+        parsed = parse(text)
+    if parsed != value:
         raise ValueError(f"invalid {kind}= value: {value!r} does not survive serialization")
     return line
 
@@ -572,12 +602,17 @@ class _Section:
         self._lines = lines
         self._views.clear()
 
+    def _set_lines_same_attributes(self, lines: list[Line]) -> None:
+        """:meth:`_set_lines` for a change that leaves every ``a=`` line as it was, so the
+        section-wide checks (which read only attributes) cannot change their verdict."""
+        self._lines = lines
+        self._views.clear()
+
     def _view(self, name: str, build: Callable[[], _T]) -> _T:
-        try:
-            return cast(_T, self._views[name])
-        except KeyError:
+        value = self._views.get(name, _MISSING)
+        if value is _MISSING:
             value = self._views[name] = build()
-            return value
+        return cast(_T, value)
 
     def values(self, kind: str) -> list[str]:
         """The values of this section's lines of one type, in order."""
@@ -960,7 +995,10 @@ class SessionDescription(_Section):
 
     def to_bytes(self) -> bytes:
         """Serialize with CRLF line ends."""
-        return "".join(line.to_str() + "\r\n" for line in self.iter_lines()).encode("utf-8")
+        parts = [f"{line.type}={line.value}\r\n" for line in self._lines]
+        for section in self._media:
+            parts.extend([f"{line.type}={line.value}\r\n" for line in section._lines])
+        return "".join(parts).encode("utf-8")
 
     # session-level fields
 
@@ -975,7 +1013,8 @@ class SessionDescription(_Section):
     @origin.setter
     def origin(self, origin: Origin) -> None:
         line = _typed_line("o", origin, Origin.parse)
-        self._set_lines([line if old.type == "o" else old for old in self._lines])
+        self._set_lines_same_attributes([line if old.type == "o" else old for old in self._lines])
+        self._views["origin"] = origin  # what the new line reads back as (checked above)
 
     @property
     def session_name(self) -> str:
@@ -1095,16 +1134,24 @@ def _split_lines(data: bytes | bytearray | memoryview | str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise SdpError("SDP is not UTF-8") from None
-    if text.count("\n") > MAX_LINES + 1:
+    newlines = text.count("\n")
+    if newlines > MAX_LINES + 1:
         raise SdpError("too many SDP lines")
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the final line end, not a line
-    for i, line in enumerate(lines):
-        if line.endswith("\r"):
-            line = lines[i] = line[:-1]
-        if "\r" in line:
-            raise SdpError(f"line {i + 1}: CR without LF")
+    if newlines == text.count("\r\n") == text.count("\r"):
+        # Every line end is CRLF and no CR stands alone: one split gives what the loop below
+        # gives (lines split at LF, one trailing CR removed from each).
+        lines = text.split("\r\n")
+        if lines[-1] == "":
+            lines.pop()  # the final line end, not a line
+    else:
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the final line end, not a line
+        for i, line in enumerate(lines):
+            if line.endswith("\r"):
+                line = lines[i] = line[:-1]
+            if "\r" in line:
+                raise SdpError(f"line {i + 1}: CR without LF")
     while lines and not lines[-1].strip(" \t"):
         lines.pop()  # liberal: trailing blank lines
     if len(lines) > MAX_LINES:
@@ -1124,34 +1171,88 @@ def parse_sdp(data: bytes | bytearray | memoryview | str) -> SessionDescription:
     session: list[Line] = []
     sections: list[list[Line]] = []
     section = session
+    # What _section_problem would say of each section ([session, *media]), worked out while
+    # the attributes are parsed for their own check (so each a= line is parsed once), and the
+    # session-level o=/s=/c= counts; both are reported after every line was checked, as the
+    # checks in that order would.
+    problems: list[str | None] = [None]
+    directions: set[str] = set()
+    tags: set[int] = set()
+    origins = names = connections = 0
+    # The typed values parsed for the checks, kept as the sections' cached views (the same
+    # values the views would parse again): the o= line, each m= line, each section's a= lines.
+    origin: Origin | None = None
+    media_lines: list[MediaLine] = []
+    attributes: list[list[Attribute]] = [[]]
     for number, text in enumerate(texts, 1):
         if len(text) > MAX_LINE_LENGTH:
             raise SdpError(f"line {number}: longer than {MAX_LINE_LENGTH} characters")
         if len(text) < 2 or text[1] != "=" or not "a" <= text[0] <= "z":
             raise SdpError(f"line {number}: not of the form <type>=<value>")
-        line = Line(text[0], text[2:])
+        kind = text[0]
+        line = Line(kind, text[2:])
         try:
-            _check_line(line)
+            if kind == "a":
+                attribute = Attribute.parse(line.value)
+                _check_attribute(attribute)
+            elif kind == "o":
+                parsed_origin = Origin.parse(line.value)  # what _check_line checks
+            elif kind == "m":
+                media_line = MediaLine.parse(line.value)  # what _check_line checks
+            else:
+                _check_line(line)
         except SdpError as exc:
-            raise SdpError(f"line {number} ({line.type}=): {exc.message}") from None
-        if line.type == "m":
+            raise SdpError(f"line {number} ({kind}=): {exc.message}") from None
+        if kind == "m":
             section = [line]
             sections.append(section)
+            media_lines.append(media_line)
+            attributes.append([])
+            problems.append(None)
+            directions = set()
+            tags = set()
             continue
-        if sections and line.type in _SESSION_ONLY_TYPES:
-            raise SdpError(f"line {number}: {line.type}= is not allowed in a media description")
-        if line.type == "v" and number != 1:
+        if kind == "a":
+            attributes[-1].append(attribute)
+        if kind == "a" and problems[-1] is None:
+            name = attribute.name
+            if name in DIRECTIONS:
+                directions.add(name)
+                if len(directions) > 1:
+                    problems[-1] = "conflicting direction attributes"
+            elif name == "crypto":
+                tag = int(_fields(attribute.value or "")[0])  # validated by parse_crypto
+                if tag in tags:
+                    problems[-1] = "duplicate a=crypto tag"
+                tags.add(tag)
+        elif not sections:
+            if kind == "o":
+                origins += 1
+                origin = parsed_origin
+            elif kind == "s":
+                names += 1
+            elif kind == "c":
+                connections += 1
+        elif kind in _SESSION_ONLY_TYPES:
+            raise SdpError(f"line {number}: {kind}= is not allowed in a media description")
+        if kind == "v" and number != 1:
             raise SdpError(f"line {number}: v= must be the first line only")
         section.append(line)
-    for kind, name in (("o", "origin"), ("s", "session name")):
-        count = sum(1 for line in session if line.type == kind)
+    for count, kind, name in ((origins, "o", "origin"), (names, "s", "session name")):
         if count != 1:
             raise SdpError(f"SDP needs exactly one {kind}= ({name}) line, found {count}")
-    if sum(1 for line in session if line.type == "c") > 1:
+    if connections > 1:
         raise SdpError("more than one session-level c= line")
-    for index, lines in enumerate([session, *sections]):
-        problem = _section_problem(lines)
+    for index, problem in enumerate(problems):
         if problem is not None:
             where = "session level" if index == 0 else f"media description {index}"
             raise SdpError(f"{where}: {problem}")
-    return SessionDescription(session, [MediaDescription(lines) for lines in sections])
+    description = SessionDescription(session, [MediaDescription(lines) for lines in sections])
+    description._views["origin"] = origin
+    description._views["attributes"] = tuple(attributes[0])
+    for media, media_line, section_attributes in zip(
+        description._media, media_lines, attributes[1:], strict=True
+    ):
+        media._views["media_line"] = media_line
+        media._views["attributes"] = tuple(section_attributes)
+    return description

@@ -59,11 +59,12 @@ from dataclasses import dataclass, field
 from sbc.errors import SbcError, SipParseError
 from sbc.ids import IdSource
 from sbc.sip.grammar import Params
-from sbc.sip.headers import CSEQ_MAX, Headers, NameAddr
+from sbc.sip.headers import CSEQ_MAX, Headers, NameAddr, canonical_name
 from sbc.sip.message import Message, Request, Response
 from sbc.sip.uri import SipUri, TelUri, Uri, parse_uri
 
 MAX_FORWARDS = 70  # RFC 3261 8.1.1.6: SHOULD be 70
+_MAX_FORWARDS_TEXT = str(MAX_FORWARDS)
 # Methods that may change the remote target (RFC 3261 12.2: re-INVITE; RFC 3311 5: UPDATE).
 TARGET_REFRESH_METHODS = frozenset({"INVITE", "UPDATE"})
 # Requests that carry the CSeq number of an INVITE rather than a new one (RFC 3261 9.1, 13.2.2.4).
@@ -113,6 +114,11 @@ class Dialog:
     :meth:`create_ack`).  ``local_uri`` and ``remote_uri`` are the From/To name-addr text without
     tag; ``local_seq`` is ``None`` until this UA sends a request in the dialog (a UAS's, 12.1.1)
     and ``remote_seq`` until the peer does (a UAC's, 12.1.2).
+
+    ``remote_target`` and the ``route_set`` entries are the typed views of the Contact and
+    Record-Route they were taken from (not copies: a dialog lives as long as its call, and a
+    busy gateway keeps many): read-only, like every typed view.  The dialog itself only ever
+    replaces them, and copies a URI before changing it for a request (:func:`route_request`).
     """
 
     role: Role
@@ -160,7 +166,7 @@ class Dialog:
             local_uri=_without_tag(invite.from_),
             remote_uri=_without_tag(invite.to),
             remote_target=target,
-            route_set=[_copy_uri(na.uri) for na in reversed(response.record_routes)],
+            route_set=[na.uri for na in reversed(response.record_routes)],
             local_seq=invite.cseq.seq,
             remote_seq=None,
             secure=tls and invite.uri.scheme.lower() == "sips",
@@ -191,7 +197,7 @@ class Dialog:
             local_uri=_without_tag(invite.to),
             remote_uri=_without_tag(invite.from_),
             remote_target=target,
-            route_set=[_copy_uri(na.uri) for na in invite.record_routes],
+            route_set=[na.uri for na in invite.record_routes],
             local_seq=None,
             remote_seq=invite.cseq.seq,
             secure=tls and invite.uri.scheme.lower() == "sips",
@@ -267,19 +273,19 @@ class Dialog:
         self, method: str, seq: int, body: bytes, extra: Iterable[tuple[str, str]]
     ) -> Request:
         uri, routes = route_request(self.remote_target, self.route_set)
-        h = Headers()
-        h.add("Max-Forwards", str(MAX_FORWARDS))
-        for route in routes:
-            h.add("Route", route)  # one line per value: no line grows with the route set
-        h.add("From", _with_tag(self.local_uri, self.local_tag))
-        h.add("To", _with_tag(self.remote_uri, self.remote_tag))
-        h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{seq} {method}")
+        # The header lines as Headers.add would file them, built in one go.
+        entries = [("max-forwards", "Max-Forwards", _MAX_FORWARDS_TEXT)]
+        # One line per Route value: no line grows with the route set.
+        entries.extend(("route", "Route", route) for route in routes)
+        entries.append(("from", "From", _with_tag(self.local_uri, self.local_tag)))
+        entries.append(("to", "To", _with_tag(self.remote_uri, self.remote_tag)))
+        entries.append(("call-id", "Call-ID", self.call_id))
+        entries.append(("cseq", "CSeq", f"{seq} {method}"))
         if method in TARGET_REFRESH_METHODS and self.local_contact is not None:
-            h.add("Contact", self.local_contact)  # RFC 3261 12.2.1.1, RFC 3311 5.1
-        for name, value in extra:
-            h.add(name, value)
-        return Request(method, uri, h, body)
+            # RFC 3261 12.2.1.1, RFC 3311 5.1
+            entries.append(("contact", "Contact", self.local_contact))
+        entries.extend((canonical_name(name), name, value) for name, value in extra)
+        return Request(method, uri, Headers._from_entries(entries), body)
 
     # -- requests we receive (RFC 3261 12.2.2) -----------------------------------------------
 
@@ -329,7 +335,7 @@ class Dialog:
                 if target is None:
                     raise SipParseError("2xx confirming a dialog without Contact", None)
                 self.remote_target = target
-                self.route_set = [_copy_uri(na.uri) for na in reversed(response.record_routes)]
+                self.route_set = [na.uri for na in reversed(response.record_routes)]
                 self.state = DialogState.CONFIRMED
             elif status >= 300:
                 self.state = DialogState.TERMINATED
@@ -380,19 +386,17 @@ def initial_request(
     transaction layer adds it.  Pair the result with the response through :meth:`Dialog.uac`.
     """
     uri, routes = route_request(request_uri, list(route_set))
-    h = Headers()
-    h.add("Max-Forwards", str(MAX_FORWARDS))
-    for route in routes:
-        h.add("Route", route)
-    h.add("From", _with_tag(local_uri, ids.tag()))
-    h.add("To", remote_uri)
-    h.add("Call-ID", ids.call_id())
-    h.add("CSeq", f"{cseq} {method}")
+    # The header lines as Headers.add would file them, built in one go.
+    entries = [("max-forwards", "Max-Forwards", _MAX_FORWARDS_TEXT)]
+    entries.extend(("route", "Route", route) for route in routes)
+    entries.append(("from", "From", _with_tag(local_uri, ids.tag())))
+    entries.append(("to", "To", remote_uri))
+    entries.append(("call-id", "Call-ID", ids.call_id()))
+    entries.append(("cseq", "CSeq", f"{cseq} {method}"))
     if local_contact is not None:
-        h.add("Contact", local_contact)
-    for name, value in headers:
-        h.add(name, value)
-    return Request(method, uri, h, body)
+        entries.append(("contact", "Contact", local_contact))
+    entries.extend((canonical_name(name), name, value) for name, value in headers)
+    return Request(method, uri, Headers._from_entries(entries), body)
 
 
 def route_request(target: Uri, route_set: Sequence[Uri]) -> tuple[Uri, list[str]]:
@@ -523,7 +527,7 @@ def _contact_target(msg: Message, status: int | None) -> SipUri | None:
     uri = contacts[0].uri
     if len(contacts) != 1 or not isinstance(uri, SipUri):
         raise SipParseError("Contact must be exactly one SIP or SIPS URI (8.1.1.8)", status)
-    return uri.copy()
+    return uri  # the message's typed view: read-only, like the dialog's own copy of it
 
 
 def _local_contact(msg: Message) -> str | None:
@@ -550,10 +554,6 @@ def _route_value(uri: Uri) -> str:
         uri = uri.copy()
         uri.headers = []
     return f"<{uri}>"
-
-
-def _copy_uri(uri: Uri) -> Uri:
-    return uri.copy() if isinstance(uri, SipUri) else parse_uri(str(uri))
 
 
 def _without_tag(na: NameAddr) -> str:

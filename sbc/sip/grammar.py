@@ -39,12 +39,16 @@ class Params:
 
     Values are kept exactly as written (escaped, quoted); a valueless parameter has ``None``.
     Order and spelling survive serialization so untouched headers round-trip byte for byte.
+
+    The items are held in a tuple that mutators replace whole: a tuple of string pairs is one
+    object fewer than a list and the garbage collector stops tracking it, which matters for the
+    many parameter lists a busy gateway keeps alive in lingering transactions.
     """
 
     __slots__ = ("_items",)
 
     def __init__(self, items: Iterable[tuple[str, str | None]] = ()) -> None:
-        self._items: list[tuple[str, str | None]] = list(items)
+        self._items: tuple[tuple[str, str | None], ...] = tuple(items)
 
     def __iter__(self) -> Iterator[tuple[str, str | None]]:
         return iter(self._items)
@@ -64,12 +68,12 @@ class Params:
         return self._items == other._items
 
     def __repr__(self) -> str:
-        return f"Params({self._items!r})"
+        return f"Params({list(self._items)!r})"
 
     def get(self, name: str, default: str | None = None) -> str | None:
         lname = name.lower()
         for n, v in self._items:
-            if n.lower() == lname:
+            if n == lname or n.lower() == lname:
                 return v
         return default
 
@@ -87,11 +91,11 @@ class Params:
                 out.append((n, v))
         if not done:
             out.append((name, value))
-        self._items = out
+        self._items = tuple(out)
 
     def remove(self, name: str) -> None:
         lname = name.lower()
-        self._items = [(n, v) for n, v in self._items if n.lower() != lname]
+        self._items = tuple((n, v) for n, v in self._items if n.lower() != lname)
 
     def copy(self) -> Params:
         return Params(self._items)

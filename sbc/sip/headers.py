@@ -69,24 +69,32 @@ DISPLAY_NAMES: dict[str, str] = {
 T = TypeVar("T")
 _MISSING = object()
 
-_canonical_cache: dict[str, str] = {}
+class _CanonicalNames(dict[str, str]):
+    """Header name as written -> canonical key, computed on a miss (``__missing__``) and
+    remembered while the table is small (a peer choosing names cannot grow it without bound).
 
+    A lookup is a C-level ``dict`` subscript: canonical keys are needed for every header line
+    parsed, built or looked up, so this avoids a Python call each time."""
 
-def canonical_name(name: str) -> str:
-    """The lower-case long form of a header name: ``"v"`` and ``"VIA"`` both give ``"via"``."""
-    key = _canonical_cache.get(name)
-    if key is None:
+    def __missing__(self, name: str) -> str:
         low = name.lower()
         key = COMPACT_FORMS.get(low, low)
-        if len(_canonical_cache) < 4096:
-            _canonical_cache[name] = key
-    return key
+        if len(self) < 4096:
+            self[name] = key
+        return key
+
+
+_CANONICAL = _CanonicalNames()
+
+# canonical_name(name): the lower-case long form of a header name (``"v"`` and ``"VIA"`` both
+# give ``"via"``).  The table's bound ``__getitem__``, so that a call costs no Python frame.
+canonical_name = _CANONICAL.__getitem__
 
 
 def display_name(name: str) -> str:
     """How sbc writes a header name: ``"call-id"`` -> ``"Call-ID"``, ``"max-forwards"`` ->
     ``"Max-Forwards"``."""
-    key = canonical_name(name)
+    key = _CANONICAL[name]
     return DISPLAY_NAMES.get(key) or "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
 
 
@@ -101,9 +109,8 @@ class Headers:
     __slots__ = ("_entries", "_typed")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._entries: list[tuple[str, str, str]] = [
-            (canonical_name(n), n, v) for n, v in items
-        ]
+        canonical = _CANONICAL
+        self._entries: list[tuple[str, str, str]] = [(canonical[n], n, v) for n, v in items]
         self._typed: dict[str, Any] = {}
 
     @classmethod
@@ -117,7 +124,8 @@ class Headers:
         """``parse(self)`` for canonical ``key``, cached until a line of ``key`` changes.
 
         Typed values are read-only views: to change a header, build the new value and ``set``
-        its text, which drops the cached view.
+        its text, which drops the cached view.  (Views may be shared between messages that
+        carry the same text, see :mod:`sbc.sip.message`.)
         """
         value = self._typed.get(key, _MISSING)
         if value is _MISSING:
@@ -133,8 +141,8 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name)
-        return any(k == key for k, _, _ in self._entries)
+        key = _CANONICAL[name]
+        return any(entry[0] == key for entry in self._entries)
 
     def __repr__(self) -> str:
         return f"Headers({[(n, v) for _, n, v in self._entries]!r})"
@@ -146,55 +154,67 @@ class Headers:
         self._typed.pop(key, None)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = canonical_name(name)
+        key = _CANONICAL[name]
         for k, _, v in self._entries:
             if k == key:
                 return v
         return default
 
     def get_all(self, name: str) -> list[str]:
-        key = canonical_name(name)
+        key = _CANONICAL[name]
         return [v for k, _, v in self._entries if k == key]
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated element of every line of ``name``, in order."""
         out: list[str] = []
         for v in self.get_all(name):
-            out.extend(p.strip(WSP) for p in split_commas(v, name))
+            if "," in v:
+                out.extend(p.strip(WSP) for p in split_commas(v, name))
+            else:
+                out.append(v.strip(WSP))
         return out
 
     def count(self, name: str) -> int:
-        key = canonical_name(name)
+        key = _CANONICAL[name]
         return sum(1 for k, _, _ in self._entries if k == key)
 
     def add(self, name: str, value: str) -> None:
         """Append a header line at the end."""
-        key = canonical_name(name)
+        key = _CANONICAL[name]
         self._entries.append((key, name, value))
-        self._changed(key)
+        self._typed.pop(key, None)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a header line before the first line of the same name (or at the top).
 
         This is where a proxy puts its Via and a B2BUA its Record-Route (RFC 3261 16.6).
         """
-        key = canonical_name(name)
-        self._changed(key)
-        for i, (k, _, _) in enumerate(self._entries):
-            if k == key:
-                self._entries.insert(i, (key, name, value))
+        key = _CANONICAL[name]
+        self._typed.pop(key, None)
+        entries = self._entries
+        for i, entry in enumerate(entries):
+            if entry[0] == key:
+                entries.insert(i, (key, name, value))
                 return
-        self._entries.insert(0, (key, name, value))
+        entries.insert(0, (key, name, value))
 
     def set(self, name: str, value: str) -> None:
         """Replace all lines of ``name`` by one line holding ``value``, where the first stood."""
+        key = _CANONICAL[name]
+        entries = self._entries
+        positions = [i for i, entry in enumerate(entries) if entry[0] == key]
+        if len(positions) == 1:  # the usual case: rewrite the one line in place
+            self._typed.pop(key, None)
+            i = positions[0]
+            entries[i] = (key, entries[i][1], value)
+            return
         self.replace_all(name, [value])
 
     def replace_all(self, name: str, values: list[str]) -> None:
         """Replace all lines of ``name`` by one line per value, where the first one stood
         (appended when there was none).  The original spelling of the name is kept."""
-        key = canonical_name(name)
-        self._changed(key)
+        key = _CANONICAL[name]
+        self._typed.pop(key, None)
         out: list[tuple[str, str, str]] = []
         inserted = False
         for entry in self._entries:
@@ -210,16 +230,16 @@ class Headers:
 
     def remove(self, name: str) -> int:
         """Remove every line of ``name``; returns how many were removed."""
-        key = canonical_name(name)
-        self._changed(key)
+        key = _CANONICAL[name]
+        self._typed.pop(key, None)
         before = len(self._entries)
         self._entries = [e for e in self._entries if e[0] != key]
         return before - len(self._entries)
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove the first comma-separated element of ``name`` (e.g. the top Via)."""
-        key = canonical_name(name)
-        self._changed(key)
+        key = _CANONICAL[name]
+        self._typed.pop(key, None)
         for i, (k, n, v) in enumerate(self._entries):
             if k == key:
                 parts = split_commas(v, name)

@@ -22,10 +22,11 @@ UTF-8 display names and reason phrases read as text.
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sbc.errors import SipParseError
-from sbc.sip.grammar import CALL_ID_RE, CTL_RE, QUOTED_STRING_RE, TOKEN_RE
+from sbc.sip.grammar import CALL_ID_RE, CTL_RE, QUOTED_STRING_RE, TOKEN_RE, WSP, split_commas
 from sbc.sip.headers import (
     STAR,
     CSeq,
@@ -37,10 +38,8 @@ from sbc.sip.headers import (
     display_name,
     parse_cseq,
     parse_name_addr,
-    parse_name_addr_list,
     parse_token_list,
     parse_uint,
-    parse_via,
     parse_via_value,
 )
 from sbc.sip.uri import SipUri, Uri, parse_uri
@@ -161,31 +160,40 @@ class Message:
 
     # Typed accessors.  The parser has validated all of these for a parsed message, so they
     # do not raise for it; on a message built by hand they raise SipParseError if malformed.
+    # The hot ones look in the headers' cache of typed views first (what Headers.typed does,
+    # without its call), since the transaction layer and the B2BUA read them many times.
 
     @property
     def vias(self) -> list[Via]:
-        return self.headers.typed("via", _vias)
+        value = self.headers._typed.get("via")
+        return value if value is not None else self.headers.typed("via", _vias)
 
     @property
     def top_via(self) -> Via | None:
-        vias = self.vias
+        vias = self.headers._typed.get("via")
+        if vias is None:
+            vias = self.headers.typed("via", _vias)
         return vias[0] if vias else None
 
     @property
     def from_(self) -> NameAddr:
-        return self.headers.typed("from", _from)
+        value = self.headers._typed.get("from")
+        return value if value is not None else self.headers.typed("from", _from)
 
     @property
     def to(self) -> NameAddr:
-        return self.headers.typed("to", _to)
+        value = self.headers._typed.get("to")
+        return value if value is not None else self.headers.typed("to", _to)
 
     @property
     def call_id(self) -> str:
-        return self._required("call-id")
+        value = self.headers._typed.get("call-id")
+        return value if value is not None else self.headers.typed("call-id", _call_id)
 
     @property
     def cseq(self) -> CSeq:
-        return self.headers.typed("cseq", _cseq)
+        value = self.headers._typed.get("cseq")
+        return value if value is not None else self.headers.typed("cseq", _cseq)
 
     @property
     def max_forwards(self) -> int | None:
@@ -237,10 +245,83 @@ def _required(headers: Headers, key: str) -> str:
     return v
 
 
+# Typed values shared between messages.  A call carries the same From, To, Contact and CSeq
+# text in several messages (and the SBC parses the Via, From and Contact it wrote itself when
+# the answers come back with them), so each distinct text is parsed once and its typed value
+# reused: typed values are read-only views (see Headers.typed), so sharing one is safe, and
+# fewer objects live in lingering transactions for the garbage collector to walk.  Only
+# successful parses are kept (an error is raised afresh, with its own message, every time);
+# long texts are not kept, and a table that fills up is emptied, so memory stays bounded
+# whatever a peer sends.
+_SHARED_MAX = 4096  # entries per table
+_SHARED_TEXT_MAX = 512  # characters: longer values are parsed every time
+
+_shared_vias: dict[str, Via] = {}
+_shared_name_addrs: dict[str, NameAddr] = {}
+_shared_cseqs: dict[str, CSeq] = {}
+# The SIP URIs of shared name-addrs, by their exact components: a From or To differs from call
+# to call by its tag far more often than by its URI.
+_UriKey = tuple[str, str | None, str | None, str, int | None, tuple[tuple[str, str | None], ...],
+                tuple[tuple[str, str], ...]]
+_shared_uris: dict[_UriKey, SipUri] = {}
+
+
+def _shared_via(text: str) -> Via:
+    """``parse_via_value(text)``, shared between messages (``text`` is stripped)."""
+    via = _shared_vias.get(text)
+    if via is None:
+        via = parse_via_value(text)
+        if len(text) <= _SHARED_TEXT_MAX:
+            if len(_shared_vias) >= _SHARED_MAX:
+                _shared_vias.clear()
+            _shared_vias[text] = via
+    return via
+
+
+def _shared_name_addr(text: str, what: str) -> NameAddr:
+    """``parse_name_addr(text, what)``, shared between messages (``what`` only names the header
+    in an error, and errors are never kept)."""
+    na = _shared_name_addrs.get(text)
+    if na is None:
+        na = parse_name_addr(text, what)
+        uri = na.uri
+        if isinstance(uri, SipUri):
+            key = (uri.scheme, uri.user, uri.password, uri.host, uri.port, uri.params._items,
+                   tuple(uri.headers))
+            shared = _shared_uris.get(key)
+            if shared is not None:
+                na.uri = shared  # the same components: a fresh NameAddr takes the shared one
+            elif len(text) <= _SHARED_TEXT_MAX:
+                if len(_shared_uris) >= _SHARED_MAX:
+                    _shared_uris.clear()
+                _shared_uris[key] = uri
+        if len(text) <= _SHARED_TEXT_MAX:
+            if len(_shared_name_addrs) >= _SHARED_MAX:
+                _shared_name_addrs.clear()
+            _shared_name_addrs[text] = na
+    return na
+
+
+def _shared_cseq(text: str) -> CSeq:
+    """``parse_cseq(text)``, shared between messages (CSeq is immutable)."""
+    cseq = _shared_cseqs.get(text)
+    if cseq is None:
+        cseq = parse_cseq(text)
+        if len(text) <= _SHARED_TEXT_MAX:
+            if len(_shared_cseqs) >= _SHARED_MAX:
+                _shared_cseqs.clear()
+            _shared_cseqs[text] = cseq
+    return cseq
+
+
 def _vias_of(values: list[str]) -> list[Via]:
+    """Every Via value of every line (what ``parse_via`` gives for each line, in order)."""
     out: list[Via] = []
     for v in values:
-        out.extend(parse_via(v))
+        if "," in v:
+            out.extend(_shared_via(p.strip(WSP)) for p in split_commas(v, "Via"))
+        else:
+            out.append(_shared_via(v.strip(WSP)))
     return out
 
 
@@ -249,15 +330,19 @@ def _vias(h: Headers) -> list[Via]:
 
 
 def _from(h: Headers) -> NameAddr:
-    return parse_name_addr(_required(h, "from"), "From")
+    return _shared_name_addr(_required(h, "from"), "From")
 
 
 def _to(h: Headers) -> NameAddr:
-    return parse_name_addr(_required(h, "to"), "To")
+    return _shared_name_addr(_required(h, "to"), "To")
+
+
+def _call_id(h: Headers) -> str:
+    return _required(h, "call-id")
 
 
 def _cseq(h: Headers) -> CSeq:
-    return parse_cseq(_required(h, "cseq"))
+    return _shared_cseq(_required(h, "cseq"))
 
 
 def _max_forwards(h: Headers) -> int | None:
@@ -276,9 +361,13 @@ def _contacts(h: Headers) -> list[NameAddr] | _Star:
 
 
 def _name_addrs_of(values: list[str], what: str) -> list[NameAddr]:
+    """Every name-addr of every line (what ``parse_name_addr_list`` gives, in order)."""
     out: list[NameAddr] = []
     for v in values:
-        out.extend(parse_name_addr_list(v, what))
+        if "," in v:
+            out.extend(_shared_name_addr(p, what) for p in split_commas(v, what))
+        else:
+            out.append(_shared_name_addr(v, what))
     return out
 
 
@@ -431,26 +520,34 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
         lines = raw_lines[1:]
 
     entries: list[tuple[str, str, str]] = []
+    # The values of each header, by canonical key, for the checks below (one C-level append
+    # per line here instead of a second pass over the entries).
+    groups: defaultdict[str, list[str]] = defaultdict(list)
     if len(lines) > limits.max_headers:
         error = error or SipParseError("too many header fields")
         lines = lines[: limits.max_headers]
+    valid_names = _valid_names
+    max_line = limits.max_line_bytes
     for line in lines:
         raw_name, colon, value = line.partition(":")
         name = raw_name.rstrip(" \t")
-        key = _header_key(name) if colon else None
+        key = valid_names.get(name) if colon else None
         if key is None:
-            error = error or SipParseError("malformed header line")
-            continue
+            key = _header_key(name) if colon else None
+            if key is None:
+                error = error or SipParseError("malformed header line")
+                continue
         if suspicious and CTL_RE.search(line) and CTL_RE.search(QUOTED_STRING_RE.sub("", line)):
             # Control characters only inside quoted-pairs (RFC 3261 25.1 TEXT-UTF8); a NUL or
             # bare CR/LF elsewhere is an injection attempt against whoever reads it next.
             error = error or SipParseError("control character in header field")
             continue
         value = value.strip(" \t")
-        if len(name) + 2 + len(value) > limits.max_line_bytes:  # as it will be written
+        if len(name) + 2 + len(value) > max_line:  # as it will be written
             error = error or SipParseError("header line too long")
             continue
         entries.append((key, name, value))
+        groups[key].append(value)
     headers = Headers._from_entries(entries)
 
     start: Request | Response
@@ -464,7 +561,7 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
 
     # Content-Length decides framing, so it is judged before anything else about the body
     # (RFC 4475 3.1.2.3 and 3.3.9): a bad one is fatal on a stream.
-    cl_values = headers.get_all("content-length")
+    cl_values = groups.get("content-length", ())
     if len(cl_values) > 1:
         raise result.fail(SipParseError("more than one Content-Length", 400, fatal=True),
                           framing=True)
@@ -476,7 +573,7 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
 
     if error is None:
         try:
-            _validate(start, limits)
+            _validate(start, limits, groups)
         except SipParseError as e:
             error = e
     if error is not None:
@@ -527,20 +624,14 @@ def _check_version(text: str) -> None:
         raise SipParseError("SIP version not supported", 505)
 
 
-def _validate(msg: Request | Response, limits: Limits) -> None:
+def _validate(msg: Request | Response, limits: Limits, groups: dict[str, list[str]]) -> None:
     """Check the headers every later layer relies on (RFC 3261 8.1.1 and 20).
 
-    One pass groups the lines by header; the typed values parsed here fill the cache the
-    accessors read, so nothing is parsed twice.
+    ``groups`` holds the values of each header line by canonical key, in order (only read
+    with ``get``/``in``, or subscripted for a key known present).  The typed values parsed here
+    fill the cache the accessors read, so nothing is parsed twice.
     """
     headers = msg.headers
-    groups: dict[str, list[str]] = {}
-    for key, _, value in headers._entries:
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [value]
-        else:
-            group.append(value)
     for key in _SINGLE:
         group = groups.get(key)
         if group is not None and len(group) > 1:
@@ -552,14 +643,14 @@ def _validate(msg: Request | Response, limits: Limits) -> None:
     vias = typed["via"] = _vias_of(groups["via"])
     if len(vias) > limits.max_values_per_header:
         raise SipParseError("too many Via values")
-    from_ = typed["from"] = parse_name_addr(groups["from"][0], "From")
-    to = typed["to"] = parse_name_addr(groups["to"][0], "To")
+    from_ = typed["from"] = _shared_name_addr(groups["from"][0], "From")
+    to = typed["to"] = _shared_name_addr(groups["to"][0], "To")
     for na, what in ((from_, "From"), (to, "To")):
         if isinstance(na.uri, SipUri) and na.uri.headers:
             raise SipParseError(f"headers in {what} URI")
     if not CALL_ID_RE.match(groups["call-id"][0]):
         raise SipParseError("malformed Call-ID")
-    cseq = typed["cseq"] = parse_cseq(groups["cseq"][0])
+    cseq = typed["cseq"] = _shared_cseq(groups["cseq"][0])
     if isinstance(msg, Request) and cseq.method != msg.method:
         raise SipParseError("CSeq method does not match the request method")
     mf = groups.get("max-forwards")
@@ -572,7 +663,9 @@ def _validate(msg: Request | Response, limits: Limits) -> None:
         raise SipParseError("too many Contact values")
     for key, what in (("route", "Route"), ("record-route", "Record-Route")):
         values = groups.get(key)
-        routes = typed[key] = _name_addrs_of(values, what) if values else []
+        if not values:
+            continue  # nothing to check; the accessor makes the empty list if it is asked
+        routes = typed[key] = _name_addrs_of(values, what)
         if len(routes) > limits.max_values_per_header:
             raise SipParseError(f"too many {what} values")
         for na in routes:
@@ -698,36 +791,42 @@ def build_response(
     A To tag is added when ``to_tag`` is given and the To has none (required for every response
     but 100, RFC 3261 8.2.6.2).  ``source`` may be a :class:`Salvage` of a rejected request.
     """
-    headers = Headers()
+    entries: list[tuple[str, str, str]] = []
+    from_ = to = call_id = cseq = None
     if isinstance(source, Request):
-        for v in source.headers.get_all("via"):
-            headers.add("Via", v)
-        from_ = source.headers.get("from")
-        to = source.headers.get("to")
-        call_id = source.headers.get("call-id")
-        cseq = source.headers.get("cseq")
+        # One pass over the request: every Via line in order, the first of the others.
+        for key, _, v in source.headers._entries:
+            if key == "via":
+                entries.append(("via", "Via", v))
+            elif key == "from":
+                from_ = v if from_ is None else from_
+            elif key == "to":
+                to = v if to is None else to
+            elif key == "call-id":
+                call_id = v if call_id is None else call_id
+            elif key == "cseq":
+                cseq = v if cseq is None else cseq
     else:
-        for v in source.vias:
-            headers.add("Via", v)
+        entries.extend(("via", "Via", v) for v in source.vias)
         from_, to, call_id, cseq = source.from_, source.to, source.call_id, source.cseq
     if from_ is not None:
-        headers.add("From", from_)
+        entries.append(("from", "From", from_))
     if to is not None:
         if to_tag is not None and status > 100 and not _has_tag(to):
             to = f"{to};tag={to_tag}"
-        headers.add("To", to)
+        entries.append(("to", "To", to))
     if call_id is not None:
-        headers.add("Call-ID", call_id)
+        entries.append(("call-id", "Call-ID", call_id))
     if cseq is not None:
-        headers.add("CSeq", cseq)
-    for name, value in extra or ():
-        headers.add(name, value)
-    return Response(status, reason, headers, body)
+        entries.append(("cseq", "CSeq", cseq))
+    if extra:
+        entries.extend((canonical_name(name), name, value) for name, value in extra)
+    return Response(status, reason, Headers._from_entries(entries), body)
 
 
 def _has_tag(to: str) -> bool:
     try:
-        return parse_name_addr(to).tag is not None
+        return _shared_name_addr(to, "To").tag is not None
     except SipParseError:
         return ";tag=" in to.replace(" ", "").lower()
 

@@ -77,8 +77,6 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sbc.errors import SbcError, SipParseError
@@ -186,6 +184,7 @@ class Terminated:
 
 
 Event = ResponseReceived | AckReceived | TimedOut | TransportFailed | Terminated
+_TERMINATED = Terminated()  # immutable and without fields: one instance serves every machine
 SipMessage = Request | Response
 _TIMEOUT_TIMERS = frozenset("BFH")  # at a tie with a retransmission timer, these fire first
 
@@ -245,11 +244,16 @@ class Transaction:
         self.timers = timers
         self.state = state
         self._deadlines: dict[str, float] = {}
-        self._outgoing: list[SipMessage] = []
-        self._events: deque[Event] = deque()
+        # Both queues exist only while they hold something: most of a transaction's life is
+        # spent lingering with nothing queued, and a busy gateway keeps tens of thousands of
+        # lingering transactions, so two empty containers each are memory (and garbage-
+        # collector work) for nothing.  A transaction queues one to three events: a list.
+        self._outgoing: list[SipMessage] | None = None
+        self._events: list[Event] | None = None
         self._now = float("-inf")
-        # Set by TransactionLayer: told after every input so it can re-file the deadline.
-        self._listener: Callable[[Transaction], None] | None = None
+        # Set by TransactionLayer: told after every input so it can re-file the deadline (the
+        # layer itself rather than a bound method: one object less per live transaction).
+        self._layer: TransactionLayer | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.method} {self.state.value}>"
@@ -258,12 +262,21 @@ class Transaction:
 
     def messages_to_send(self) -> list[SipMessage]:
         """The messages to write since the last call, in order (and forget them)."""
-        out, self._outgoing = self._outgoing, []
+        out = self._outgoing
+        if out is None:
+            return []
+        self._outgoing = None
         return out
 
     def next_event(self) -> Event | None:
         """The next event for the TU, or ``None`` when there is none."""
-        return self._events.popleft() if self._events else None
+        events = self._events
+        if events is None:
+            return None
+        event = events.pop(0)
+        if not events:
+            self._events = None
+        return event
 
     def get_timer(self) -> float | None:
         """The earliest absolute deadline, or ``None`` when no timer is armed."""
@@ -298,7 +311,7 @@ class Transaction:
         if self.state is not TERMINATED:
             self.state = TERMINATED
             self._deadlines.clear()
-            self._events.append(Terminated())
+            self._queue(_TERMINATED)
             self._notify()
 
     # Machinery -------------------------------------------------------------------------------
@@ -308,26 +321,25 @@ class Transaction:
         if now > self._now:
             self._now = now
         now = self._now
-        while self._deadlines and self.state is not TERMINATED:
-            name = min(
-                self._deadlines, key=lambda n: (self._deadlines[n], n not in _TIMEOUT_TIMERS)
-            )
-            if self._deadlines[name] > now:
-                break
-            del self._deadlines[name]
+        deadlines = self._deadlines
+        while deadlines and self.state is not TERMINATED:
+            if min(deadlines.values()) > now:
+                break  # nothing due: the usual case, decided without the tie-break below
+            name = min(deadlines, key=lambda n: (deadlines[n], n not in _TIMEOUT_TIMERS))
+            del deadlines[name]
             self._on_timer(name, now)
         return now
 
     def _notify(self) -> None:
-        if self._listener is not None:
-            self._listener(self)
+        if self._layer is not None:
+            self._layer._changed(self)
 
     def _enter(self, state: State) -> None:
         assert (self.state, state) in self._TRANSITIONS, (self.state, state)
         self.state = state
         if state is TERMINATED:
             self._deadlines.clear()
-            self._events.append(Terminated())
+            self._queue(_TERMINATED)
 
     def _arm(self, name: str, now: float, duration: float) -> None:
         self._deadlines[name] = now + duration
@@ -346,7 +358,17 @@ class Transaction:
             self._arm(timer, now, duration)
 
     def _send(self, message: SipMessage) -> None:
-        self._outgoing.append(message)
+        if self._outgoing is None:
+            self._outgoing = [message]
+        else:
+            self._outgoing.append(message)
+
+    def _queue(self, event: Event) -> None:
+        """Queue ``event`` for the TU (see :meth:`next_event`)."""
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
 
     def _on_timer(self, name: str, now: float) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -451,7 +473,7 @@ class InviteClientTransaction(ClientTransaction):
             self._interval *= 2
             self._arm("A", now, self._interval)
         elif name == "B":
-            self._events.append(TimedOut("B"))
+            self._queue(TimedOut("B"))
             self._enter(TERMINATED)
         else:  # D in Completed, M in Accepted
             self._enter(TERMINATED)
@@ -459,7 +481,7 @@ class InviteClientTransaction(ClientTransaction):
     def _on_response(self, response: Response, status: int, now: float) -> None:
         state = self.state
         if state in (CALLING, PROCEEDING):
-            self._events.append(ResponseReceived(response))
+            self._queue(ResponseReceived(response))
             self._cancel("A", "B")  # a provisional stops retransmissions (17.1.1.2)
             if status < 200:
                 if state is CALLING:
@@ -476,11 +498,11 @@ class InviteClientTransaction(ClientTransaction):
                 assert self.ack is not None
                 self._send(self.ack)
         elif state is ACCEPTED and 200 <= status < 300:
-            self._events.append(ResponseReceived(response))  # RFC 6026 8.4
+            self._queue(ResponseReceived(response))  # RFC 6026 8.4
 
     def _on_transport_error(self, now: float) -> None:
         if self.state in (CALLING, COMPLETED):  # RFC 3261 figure 5
-            self._events.append(TransportFailed())
+            self._queue(TransportFailed())
             self._enter(TERMINATED)
 
 
@@ -519,7 +541,7 @@ class NonInviteClientTransaction(ClientTransaction):
                 self._interval = self.timers.t2
             self._arm("E", now, self._interval)
         elif name == "F":
-            self._events.append(TimedOut("F"))
+            self._queue(TimedOut("F"))
             self._enter(TERMINATED)
         else:  # K
             self._enter(TERMINATED)
@@ -527,7 +549,7 @@ class NonInviteClientTransaction(ClientTransaction):
     def _on_response(self, response: Response, status: int, now: float) -> None:
         if self.state not in (TRYING, PROCEEDING):
             return  # Completed absorbs retransmitted finals (17.1.2.2)
-        self._events.append(ResponseReceived(response))
+        self._queue(ResponseReceived(response))
         if status < 200:
             if self.state is TRYING:
                 self._enter(PROCEEDING)
@@ -537,7 +559,7 @@ class NonInviteClientTransaction(ClientTransaction):
 
     def _on_transport_error(self, now: float) -> None:
         if self.state in (TRYING, PROCEEDING):  # RFC 3261 figure 6
-            self._events.append(TransportFailed())
+            self._queue(TransportFailed())
             self._enter(TERMINATED)
 
 
@@ -551,6 +573,8 @@ class ServerTransaction(Transaction):
     ) -> None:
         super().__init__(request, reliable=reliable, timers=timers, state=state)
         self.last_response: Response | None = None
+        # The keys a TransactionLayer filed this transaction under (set by create_server).
+        self._keys: tuple[ServerKey, MergeKey] | None = None
 
     @staticmethod
     def create(
@@ -595,7 +619,7 @@ class ServerTransaction(Transaction):
         # RFC 6026 8.8 (updating RFC 3261 17.2.4): inform the TU and stay, so that a
         # retransmitted request is still absorbed rather than taken for a new one.
         if self.state is not TERMINATED:
-            self._events.append(TransportFailed())
+            self._queue(TransportFailed())
 
     def _resend_last(self) -> None:
         if self.last_response is not None:
@@ -651,7 +675,7 @@ class InviteServerTransaction(ServerTransaction):
                 self._cancel("G", "H")
                 self._linger(CONFIRMED, "I", now, self.timers.t4)
             elif self.state is ACCEPTED:
-                self._events.append(AckReceived(request))  # the 2xx's ACK: the TU's
+                self._queue(AckReceived(request))  # the 2xx's ACK: the TU's
         elif request.method == "INVITE":
             if self.state in (PROCEEDING, COMPLETED):
                 # Proceeding: the last provisional (if any); Completed: the final (17.2.1).
@@ -683,7 +707,7 @@ class InviteServerTransaction(ServerTransaction):
             self._interval = min(2 * self._interval, self.timers.t2)
             self._arm("G", now, self._interval)
         elif name == "H":
-            self._events.append(TimedOut("H"))
+            self._queue(TimedOut("H"))
             self._enter(TERMINATED)
         else:  # I in Confirmed, L in Accepted
             self._enter(TERMINATED)
@@ -797,7 +821,7 @@ class TransactionLayer:
         if txn.key in self._clients:
             raise TransactionError(f"a client transaction with branch {txn.branch} exists")
         self._clients[txn.key] = txn
-        txn._listener = self._changed
+        txn._layer = self
         txn.start(now)
         return txn
 
@@ -817,9 +841,11 @@ class TransactionLayer:
         txn = ServerTransaction.create(
             request, now, reliable=reliable, timers=self.timers, trying=trying
         )
+        mkey = _merge_key(request)
         self._servers[key] = txn
-        self._merge.setdefault(_merge_key(request), txn)
-        txn._listener = self._changed
+        self._merge.setdefault(mkey, txn)
+        txn._keys = (key, mkey)  # what _forget removes (not recomputed from the request)
+        txn._layer = self
         return txn
 
     # Matching ------------------------------------------------------------------------------
@@ -921,15 +947,17 @@ class TransactionLayer:
 
     def _forget(self, txn: Transaction) -> None:
         self._scheduled.pop(txn, None)
-        txn._listener = None
+        txn._layer = None
         if isinstance(txn, ClientTransaction):
             if self._clients.get(txn.key) is txn:
                 del self._clients[txn.key]
             return
-        key = server_key(txn.request)
-        if key is not None and self._servers.get(key) is txn:
+        assert isinstance(txn, ServerTransaction)
+        if txn._keys is None:
+            return
+        key, mkey = txn._keys
+        if self._servers.get(key) is txn:
             del self._servers[key]
-        mkey = _merge_key(txn.request)
         if self._merge.get(mkey) is txn:
             del self._merge[mkey]
 
