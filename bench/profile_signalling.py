@@ -196,6 +196,8 @@ class Result:
     messages_in: int
     messages_out: int
     timer_messages: int  # messages sent from timers (retransmissions): 0 in a clean run
+    gc_collections: list[int]  # per generation, during the run
+    gc_seconds: list[float]  # per generation (inside the stages' time)
 
     @property
     def us_per_call(self) -> float:
@@ -258,40 +260,56 @@ def run(calls: int, rate: float, hold: float, profiler: cProfile.Profile | None 
             timer_messages += sent
         return deadline
 
+    gc_collections = [0, 0, 0]
+    gc_seconds = [0.0, 0.0, 0.0]
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_collections[info["generation"]] += 1
+            gc_seconds[info["generation"]] += time.perf_counter() - gc_started[0]
+
     gc.collect()
+    gc.callbacks.append(on_gc)
     deadline: float | None = None
-    while agenda:
-        now, n, index, script = heapq.heappop(agenda)
-        steps = script.steps()
-        if index + 1 < len(steps):
-            heapq.heappush(agenda, (steps[index + 1][0], n, index + 1, script))
-        if index == 0 and n < calls:
-            following = CallScript(n + 1, 1000.0 + (n + 1) / rate, hold)
-            heapq.heappush(agenda, (following.start, n + 1, 0, following))
-        deadline = fire_timers(now, deadline)
-        _, side, build = steps[index]
-        data = build()
-        (host, port), interface = origins[side]
-        # What SipDatagramProtocol.datagramReceived and Driver.receive do.
-        start()
-        t0 = clock()
-        message = parse_message(data, limits)
-        t1 = clock()
-        b2bua.receive(message, Origin(interface, "udp", host, port), now)
-        t2 = clock()
-        stop()
-        spent["parse"] += t1 - t0
-        spent["receive"] += t2 - t1
-        deadline, sent = flush("receive", script)
-        messages_in += 1
-        messages_out += sent
-        if index == 0:
-            assert sent == 2, "INVITE: 100 Trying and the B-leg INVITE expected"
-    fire_timers(None, deadline)  # drain: every lingering transaction ends
+    try:
+        while agenda:
+            now, n, index, script = heapq.heappop(agenda)
+            steps = script.steps()
+            if index + 1 < len(steps):
+                heapq.heappush(agenda, (steps[index + 1][0], n, index + 1, script))
+            if index == 0 and n < calls:
+                following = CallScript(n + 1, 1000.0 + (n + 1) / rate, hold)
+                heapq.heappush(agenda, (following.start, n + 1, 0, following))
+            deadline = fire_timers(now, deadline)
+            _, side, build = steps[index]
+            data = build()
+            (host, port), interface = origins[side]
+            # What SipDatagramProtocol.datagramReceived and Driver.receive do.
+            start()
+            t0 = clock()
+            message = parse_message(data, limits)
+            t1 = clock()
+            b2bua.receive(message, Origin(interface, "udp", host, port), now)
+            t2 = clock()
+            stop()
+            spent["parse"] += t1 - t0
+            spent["receive"] += t2 - t1
+            deadline, sent = flush("receive", script)
+            messages_in += 1
+            messages_out += sent
+            if index == 0:
+                assert sent == 2, "INVITE: 100 Trying and the B-leg INVITE expected"
+        fire_timers(None, deadline)  # drain: every lingering transaction ends
+    finally:
+        gc.callbacks.remove(on_gc)
     if len(b2bua) or len(b2bua.calls) or any(len(layer) for layer in b2bua.layers.values()):
         raise SystemExit(f"state left after the drain: {len(b2bua)} calls, "
                          f"{[len(layer) for layer in b2bua.layers.values()]} transactions")
-    return Result(calls, spent, digest.digest(), messages_in, messages_out, timer_messages)
+    return Result(calls, spent, digest.digest(), messages_in, messages_out, timer_messages,
+                  gc_collections, gc_seconds)
 
 
 def main() -> int:
@@ -303,8 +321,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs (min and median shown)")
     ap.add_argument("--profile", action="store_true", help="add a cProfile run and its top lines")
     ap.add_argument("--top", type=int, default=30, help="lines of each profile table")
+    ap.add_argument("--gc-threshold", metavar="T0,T1,T2",
+                    help="gc.set_threshold() for the runs (default: the interpreter's)")
     args = ap.parse_args()
     hold = args.hold_ms / 1000
+    if args.gc_threshold:
+        gc.set_threshold(*(int(t) for t in args.gc_threshold.split(",")))
 
     results = [run(args.calls, args.rate, hold) for _ in range(args.repeat)]
     first = results[0]
@@ -320,6 +342,10 @@ def main() -> int:
     best = min(results, key=lambda r: r.us_per_call)
     print("  of which (best run): " + ", ".join(
         f"{stage} {best.stage_us(stage):.1f}" for stage in STAGES) + " us")
+    print(f"  garbage collector (best run, inside the above; thresholds {gc.get_threshold()}): "
+          + ", ".join(f"gen{g} {best.gc_collections[g]}x {best.gc_seconds[g] * 1e3:.0f} ms"
+                      for g in range(3))
+          + f" = {sum(best.gc_seconds) / best.calls * 1e6:.1f} us per call")
     print(f"wire fingerprint: {first.wire.hex()}")
 
     if args.profile:

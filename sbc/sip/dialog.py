@@ -536,17 +536,18 @@ def _local_contact(msg: Message) -> str | None:
     if not isinstance(contacts, list) or not contacts:
         return None
     na = contacts[0]
-    return str(NameAddr(na.uri, na.display_name, na.params, True))
+    # str(NameAddr(na.uri, na.display_name, na.params, angle=True)), without building one
+    dn = "" if na.display_name is None else f"{na.display_name} "
+    return f"{dn}<{na.uri}>{na.params.to_str()}"
 
 
 def _request_uri(uri: Uri) -> Uri:
     """``uri`` as a Request-URI may carry it: no ``method`` parameter, no headers (19.1.1)."""
     if not isinstance(uri, SipUri):
         return parse_uri(str(uri))
-    out = uri.copy()
-    out.params.remove("method")
-    out.headers = []
-    return out
+    # uri.copy() without its "method" parameter and headers, built in one go
+    params = Params(item for item in uri.params if item[0].lower() != "method")
+    return SipUri(uri.scheme, uri.host, uri.user, uri.password, uri.port, params, [])
 
 
 def _route_value(uri: Uri) -> str:
@@ -559,7 +560,9 @@ def _route_value(uri: Uri) -> str:
 def _without_tag(na: NameAddr) -> str:
     """From/To text for the dialog: display name and URI, in brackets; header params dropped
     (the tag is written from the dialog state)."""
-    return str(NameAddr(na.uri, na.display_name, Params(), True))
+    # str(NameAddr(na.uri, na.display_name, Params(), angle=True)), without building one
+    dn = "" if na.display_name is None else f"{na.display_name} "
+    return f"{dn}<{na.uri}>"
 
 
 def _with_tag(name_addr: str, tag: str) -> str:

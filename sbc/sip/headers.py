@@ -570,6 +570,11 @@ _DIGITS_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]*\Z")
 
 def parse_uint(value: str, what: str, maximum: int) -> int:
     """A decimal scalar (Max-Forwards, Content-Length, Expires...) bounded by ``maximum``."""
+    if value.isascii() and value.isdigit() and len(value) <= 10:  # the usual "70", "0", "129"
+        v = int(value)
+        if v > maximum:
+            raise SipParseError(f"{what} out of range")
+        return v
     m = _DIGITS_RE.match(value)
     if m is None:
         raise SipParseError(f"malformed {what}")

@@ -528,6 +528,10 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
         lines = lines[: limits.max_headers]
     valid_names = _valid_names
     max_line = limits.max_line_bytes
+    # A line as written ("name: value") is at most one character longer than it was in the
+    # head (a missing space after the colon), unfolding only shortens: a short head needs no
+    # check per line.
+    check_length = len(text) + 1 > max_line
     for line in lines:
         raw_name, colon, value = line.partition(":")
         name = raw_name.rstrip(" \t")
@@ -543,7 +547,7 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
             error = error or SipParseError("control character in header field")
             continue
         value = value.strip(" \t")
-        if len(name) + 2 + len(value) > max_line:  # as it will be written
+        if check_length and len(name) + 2 + len(value) > max_line:  # as it will be written
             error = error or SipParseError("header line too long")
             continue
         entries.append((key, name, value))
@@ -584,7 +588,8 @@ def parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Head:
 def _parse_start_line(line: str, limits: Limits) -> Request | Response:
     if line.startswith("SIP/") or line[:4].upper() == "SIP/":
         parts = line.split(" ", 1)
-        _check_version(parts[0])
+        if parts[0] != SIP_VERSION:
+            _check_version(parts[0])
         m = _STATUS_RE.match(parts[1]) if len(parts) == 2 else None
         if m is None or not 100 <= int(m.group(1)) <= 699:
             raise SipParseError("malformed status line", None)

@@ -50,20 +50,20 @@ class SipUri:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        parts = [self.scheme, ":"]
-        if self.user is not None:
-            parts.append(self.user)
-            if self.password is not None:
-                parts.append(":" + self.password)
-            parts.append("@")
-        parts.append(self.host)
+        user = self.user
+        if user is None:
+            text = f"{self.scheme}:{self.host}"
+        elif self.password is None:
+            text = f"{self.scheme}:{user}@{self.host}"
+        else:
+            text = f"{self.scheme}:{user}:{self.password}@{self.host}"
         if self.port is not None:
-            parts.append(f":{self.port}")
-        if len(self.params):
-            parts.append(self.params.to_str())
+            text = f"{text}:{self.port}"
+        if self.params._items:
+            text += self.params.to_str()
         if self.headers:
-            parts.append("?" + "&".join(f"{n}={v}" for n, v in self.headers))
-        return "".join(parts)
+            text += "?" + "&".join(f"{n}={v}" for n, v in self.headers)
+        return text
 
     def __repr__(self) -> str:
         return f"SipUri({str(self)!r})"
