@@ -60,6 +60,31 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _invite_statuses(sip_port: int, call_id: str, timeout: float) -> list[int]:
+    """Send one INVITE from a trunk address over UDP; the statuses of the answers, up to the
+    final one (bounded: three reads)."""
+    invite = (
+        f"INVITE sip:2001@127.0.0.1:{sip_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{call_id};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1>;tag={call_id}\r\n"
+        f"To: <sip:2001@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+        "Contact: <sip:1001@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n").encode()
+    statuses: list[int] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(timeout)
+        s.sendto(invite, ("127.0.0.1", sip_port))
+        for _ in range(3):
+            try:
+                data, _ = s.recvfrom(65535)
+            except TimeoutError:
+                break
+            statuses.append(int(data.split(b" ", 2)[1]))
+            if statuses[-1] >= 200:
+                break
+    return statuses
+
+
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
 def test_calls_reach_the_pbx_over_a_stream(tmp_path: Path, transport: str) -> None:
     sipp = require_tool("sipp")
@@ -120,26 +145,8 @@ def test_pbx_unreachable_gives_503_at_once(tmp_path: Path) -> None:
     ports = dict(sip=free_port(), tls=free_port(), internal=free_port(),
                  internal_tls=free_port(), pbx=free_port())
     config = CONFIG.format(transport="tcp", certs=certs, tcp_on="true", tls_on="false", **ports)
-    invite = (
-        f"INVITE sip:2001@127.0.0.1:{ports['sip']} SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKdown1;rport\r\n"
-        "Max-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1>;tag=d1\r\nTo: <sip:2001@127.0.0.1>\r\n"
-        "Call-ID: down-1\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:9>\r\n"
-        "Content-Length: 0\r\n\r\n").encode()
-    with launched_sbc(tmp_path, config, certs, ports) as sbc, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(5)
-        s.sendto(invite, ("127.0.0.1", ports["sip"]))
-        statuses = []
-        for _ in range(3):  # 100 Trying, then the final
-            try:
-                data, _ = s.recvfrom(65535)
-            except TimeoutError:
-                break
-            statuses.append(int(data.split(b" ", 2)[1]))
-            if statuses[-1] >= 200:
-                break
+    with launched_sbc(tmp_path, config, certs, ports) as sbc:
+        statuses = _invite_statuses(ports["sip"], "down1", timeout=5)
         assert statuses == [100, 503], (statuses, sbc.log.read_text()[-2000:])
         assert sbc.alive()
 
@@ -164,26 +171,8 @@ def test_pbx_certificate_for_another_name_fails_the_call_at_once(tmp_path: Path)
         config = CONFIG.format(transport="tls", certs=certs, tcp_on="false", tls_on="true",
                                **ports).replace("server_name: localhost",
                                                 "server_name: pbx.wrong.example")
-        invite = (
-            f"INVITE sip:2001@127.0.0.1:{ports['sip']} SIP/2.0\r\n"
-            "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKname1;rport\r\n"
-            "Max-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1>;tag=n1\r\n"
-            "To: <sip:2001@127.0.0.1>\r\nCall-ID: name-1\r\nCSeq: 1 INVITE\r\n"
-            "Contact: <sip:1001@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n").encode()
-        with launched_sbc(tmp_path, config, certs, ports) as sbc, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            s.settimeout(10)
-            s.sendto(invite, ("127.0.0.1", ports["sip"]))
-            statuses = []
-            for _ in range(3):
-                try:
-                    data, _ = s.recvfrom(65535)
-                except TimeoutError:
-                    break
-                statuses.append(int(data.split(b" ", 2)[1]))
-                if statuses[-1] >= 200:
-                    break
+        with launched_sbc(tmp_path, config, certs, ports) as sbc:
+            statuses = _invite_statuses(ports["sip"], "name1", timeout=10)
             assert statuses == [100, 503], (statuses, sbc.log.read_text()[-2000:])
         assert not received.exists() or b"INVITE" not in received.read_bytes()
     finally:
