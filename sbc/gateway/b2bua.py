@@ -41,7 +41,7 @@ through :mod:`sbc.gateway.topology` only: the end-to-end headers of
 :func:`~sbc.gateway.topology.crossing_headers` (with the option tags this B2BUA cannot carry end
 to end, such as ``100rel`` and ``replaces``, removed from Supported and Require), the SDP with
 the SBC's own ``o=`` line, ``s=-`` and no session-level ``i=``/``u=``/``e=``/``p=``
-(:func:`~sbc.gateway.topology.hide_sdp_session`), and, inside a call, a few harmless body types
+(:func:`~sbc.gateway.topology.hide_sdp_body`), and, inside a call, a few harmless body types
 (DTMF relay, plain text).  Reason phrases are not copied (the standard phrase is written), nor
 are Via, Contact, Record-Route, Call-ID, tags, CSeq, Server or User-Agent.  Each leg's Contact
 is the SBC's own address on that leg's interface and transport.  The ``c=`` and ``m=`` lines
@@ -125,7 +125,7 @@ from sbc.gateway.registrar import (
     RegistrationPolicy,
 )
 from sbc.gateway.stateless import stamp_received
-from sbc.gateway.topology import crossing_headers, hide_sdp_session
+from sbc.gateway.topology import crossing_headers, hide_sdp_body
 from sbc.ids import IdSource
 from sbc.media.sdp import SessionDescription, parse_sdp
 from sbc.sip.dialog import Dialog, DialogError, initial_request
@@ -1399,8 +1399,8 @@ class B2BUA:
             origin.version += 1
             origin.last = source.body
         own = self.settings.external if to_side == EXTERNAL else self.settings.internal
-        return hide_sdp_session(sdp, address=own.host, sess_id=origin.sess_id,
-                                sess_version=origin.version, username=SDP_USERNAME).to_bytes()
+        return hide_sdp_body(sdp, address=own.host, sess_id=origin.sess_id,
+                             sess_version=origin.version, username=SDP_USERNAME)
 
 
 def _cancel_for(invite: Request) -> Request:

@@ -40,7 +40,7 @@ HOP_BY_HOP = frozenset({
     "via", "route", "record-route", "contact", "call-id", "from", "to", "cseq", "max-forwards",
     "content-length", "path", "service-route", "proxy-require",
 })
-assert not END_TO_END & HOP_BY_HOP
+assert not END_TO_END & HOP_BY_HOP  # crossing_headers relies on it
 
 
 def crossing_headers(
@@ -85,3 +85,23 @@ def hide_sdp_session(sdp: SessionDescription, *, address: str, sess_id: str,
         if line.type not in SESSION_LINES_DROPPED
     ]
     return SessionDescription(lines, sdp.media)
+
+
+def hide_sdp_body(sdp: SessionDescription, *, address: str, sess_id: str,
+                  sess_version: int, username: str = "-") -> bytes:
+    """``hide_sdp_session(sdp, ...).to_bytes()`` for a description the caller is done with.
+
+    A description and its media sections refer to each other (``MediaDescription.session``),
+    so a dropped one is a reference cycle that only the cyclic garbage collector frees.  This
+    unlinks the media sections once the body is written (their ``session`` becomes ``None``),
+    so ``sdp`` and the hidden copy go the moment the caller drops them.  SDP is the only
+    reference cycle a call makes; without it the process can run the cyclic collector rarely
+    (its full passes walk every live transaction).  ``sdp`` is consumed: do not read it
+    afterwards.
+    """
+    hidden = hide_sdp_session(sdp, address=address, sess_id=sess_id,
+                              sess_version=sess_version, username=username)
+    body = hidden.to_bytes()
+    for section in hidden.media:  # the same sections as sdp.media, now pointing at hidden
+        section.session = None
+    return body

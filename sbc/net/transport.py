@@ -5,7 +5,8 @@ Each protocol hands bytes to the pure core and writes back what it returns; with
 to the B2BUA or the stateless core and writes the B2BUA's output itself (through the UDP
 transport, or a stream protocol registered with it while its connection lives).  Nothing here
 interprets SIP; a failure inside the core is logged and counted, never allowed to kill the
-reactor.
+reactor.  UDP listeners ask for a large receive buffer (:data:`UDP_RECEIVE_BUFFER`), so a
+burst of datagrams waits in the kernel instead of being dropped.
 
 Stream connections are admitted by a shared :class:`~sbc.net.limits.ConnectionGuard` before a
 protocol exists: a refused socket gets no protocol, so Twisted closes it straight after accept
@@ -24,6 +25,7 @@ Each trip is aborted and counted per source address through the guard.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
@@ -52,6 +54,12 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="sbc.net")
 
+# Receive buffer asked for on each UDP listener (the kernel caps it at net.core.rmem_max).  The
+# default (about 200 KB) holds a few hundred datagrams: at several hundred calls per second,
+# any hiccup of the process (a burst, a garbage collection) overflows it, the datagrams are
+# dropped, the peers retransmit and calls fail while CPU is still to spare.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
 
 class SipDatagramProtocol(protocol.DatagramProtocol):
     """SIP over UDP: one datagram, one message.
@@ -69,6 +77,12 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
         self.driver = driver
 
     def startProtocol(self) -> None:  # noqa: N802 (Twisted API)
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            except OSError as e:  # not fatal: the default buffer still works, just smaller
+                log.warn("cannot enlarge the UDP receive buffer: {error}", error=e)
         if self.driver is not None:
             self.driver.add_udp(self.interface, self.transport)
 

@@ -69,6 +69,7 @@ DISPLAY_NAMES: dict[str, str] = {
 T = TypeVar("T")
 _MISSING = object()
 
+
 class _CanonicalNames(dict[str, str]):
     """Header name as written -> canonical key, computed on a miss (``__missing__``) and
     remembered while the table is small (a peer choosing names cannot grow it without bound).
@@ -149,9 +150,6 @@ class Headers:
 
     def copy(self) -> Headers:
         return Headers._from_entries(list(self._entries))
-
-    def _changed(self, key: str) -> None:
-        self._typed.pop(key, None)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         key = _CANONICAL[name]
