@@ -373,11 +373,6 @@ class Call:
     def b_key(self) -> tuple[str, str, str]:
         return (self.b_peer.interface, self.b_invite.call_id, self.b_invite.from_.tag or "")
 
-    # Backwards-compatible name: where A-leg messages go.
-    @property
-    def a_origin(self) -> Origin:
-        return self.a_peer
-
 
 @dataclass(slots=True)
 class _SdpOrigin:
@@ -786,11 +781,16 @@ class B2BUA:
         self._set_cancel_deadline(call, now + self.settings.timers.timeout)
 
     def _cancel_relay(self, cancel: Request, origin: Origin, relay: _Relay, now: float) -> None:
-        """CANCEL of a relayed re-INVITE: 200, and a CANCEL of the other leg's re-INVITE."""
+        """CANCEL of a relayed re-INVITE: 200, and a CANCEL of the other leg's re-INVITE, held
+        until that one has a provisional response (RFC 3261 9.1)."""
         self._reject(cancel, origin, now, 200, to_tag=relay.to_tag)
-        if relay.final_sent or relay.cancelled or relay.client is None:
+        if relay.final_sent or relay.cancelled:
             return
         relay.cancelled = True
+        if relay.provisional:
+            self._send_relay_cancel(relay, now)
+
+    def _send_relay_cancel(self, relay: _Relay, now: float) -> None:
         self._start(_cancel_for(relay.out), relay.target, relay.call, "b-cancel", now, via=False)
 
     # -- inside a call ---------------------------------------------------------------------
@@ -1102,8 +1102,11 @@ class B2BUA:
     def _relay_response_back(self, relay: _Relay, response: Response, now: float) -> None:
         status = response.status
         method = relay.request.method
-        if status == 100:
+        if status < 200 and not relay.provisional:
             relay.provisional = True
+            if relay.cancelled and not relay.final_sent:
+                self._send_relay_cancel(relay, now)  # the CANCEL that waited for it
+        if status == 100:
             return
         call = relay.call
         if relay.final_sent:
@@ -1111,10 +1114,8 @@ class B2BUA:
             if relay.ack is not None and 200 <= status < 300:
                 self._send(relay.target, relay.ack)
             return
-        if status < 200:
-            relay.provisional = True
-            if method != "INVITE":
-                return  # provisionals of a non-INVITE carry nothing worth relaying
+        if status < 200 and method != "INVITE":
+            return  # provisionals of a non-INVITE carry nothing worth relaying
         other = None
         if call is not None:
             other = call.b_dialog if relay.from_a else call.a_dialog

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sbc.sip.message import Response, parse_message
 from tests.conftest import require_tool
-from tests.e2e.conftest import free_port, launched_sbc
+from tests.e2e.conftest import free_port, launched_sbc, trace_blocks
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 PASSWORD = "s3cret-pass"
@@ -66,21 +66,13 @@ def _background(args: list[str], cwd: Path) -> Iterator[subprocess.Popen[bytes]]
 
 def _received(directory: Path) -> list[str]:
     """Every message a sipp in ``directory`` received, from its -trace_msg logs."""
-    out = []
-    for log in directory.glob("*_messages.log"):
-        for block in re.split(r"-{10,}[^\n]*\n", log.read_text(errors="replace")):
-            if "message received" in block:
-                out.append(block)
-    return out
+    return [m for log in sorted(directory.glob("*_messages.log"))
+            for m in trace_blocks(log, "received")]
 
 
 def _sent(directory: Path) -> list[str]:
-    out = []
-    for log in directory.glob("*_messages.log"):
-        for block in re.split(r"-{10,}[^\n]*\n", log.read_text(errors="replace")):
-            if "message sent" in block:
-                out.append(block)
-    return out
+    return [m for log in sorted(directory.glob("*_messages.log"))
+            for m in trace_blocks(log, "sent")]
 
 
 def _header_values(messages: list[str], header: str) -> set[str]:

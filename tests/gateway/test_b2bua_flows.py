@@ -588,3 +588,28 @@ def test_timer_c_cancels_a_call_that_rings_too_long() -> None:
     assert p.to_phone() == []  # the 487 is not relayed: the caller has its 408
     assert len(p.b2bua) == 0
     assert p.b2bua.counters["timeout.ringing"] == 1
+
+
+def test_cancel_of_a_reinvite_waits_for_a_provisional() -> None:
+    """The phone CANCELs its re-INVITE before the PBX said anything: 200 at once, and the
+    CANCEL towards the PBX only once its re-INVITE has a provisional (RFC 3261 9.1)."""
+    p = setup(SETTINGS)
+    _, a_200, _ = established(p)
+    reinvite = phone_in_dialog("INVITE", a_200, 21, "z9hG4bKhold3", body=HOLD_SDP)
+    p.phone(reinvite, T0 + 10)
+    one_response(p.to_phone(), 100)
+    b_re = one_request(p.to_pbx(), "INVITE")
+    cancel = (reinvite.split(b"\r\n\r\n")[0].replace(b"INVITE sip:", b"CANCEL sip:", 1)
+              .replace(b"CSeq: 21 INVITE", b"CSeq: 21 CANCEL")
+              .replace(b"Content-Type: application/sdp\r\n", b"")
+              .replace(f"Content-Length: {len(HOLD_SDP)}".encode(), b"Content-Length: 0")
+              + b"\r\n\r\n")
+    p.phone(cancel, T0 + 10.1)
+    assert one_response(p.to_phone(), 200).cseq.method == "CANCEL"
+    assert p.to_pbx() == []
+    p.pbx(respond(b_re, 100), T0 + 10.2)
+    b_cancel = one_request(p.to_pbx(), "CANCEL")
+    assert b_cancel.cseq.seq == b_re.cseq.seq and b_cancel.top_via == b_re.top_via
+    p.pbx(respond(b_cancel, 200), T0 + 10.3)
+    p.pbx(respond(b_re, 487), T0 + 10.4)
+    assert one_response(p.to_phone(), 487).cseq.seq == 21
