@@ -132,6 +132,7 @@ limits:
   max_connections_per_ip: 10000
   new_connections_per_second_per_ip: 100000
 pbx: {{address: 127.0.0.1, port: {pbx}, transport: udp}}
+media: {{srtp: none}}  # sipp offers plain RTP/AVP; media is still anchored
 trusted_peers:  # the UAC plays a trunk (no registration needed)
   - {{name: bench-trunk, cidrs: [127.0.0.1/32]}}
 tls:

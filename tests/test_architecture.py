@@ -9,6 +9,10 @@ SBC = Path(__file__).parent.parent / "sbc"
 CORE = ["sip", "media", "gateway", "policy", "state", "errors.py", "ids.py"]
 FORBIDDEN = {"twisted", "redis", "socket", "asyncio", "selectors", "ssl", "OpenSSL",
              "sbc.net", "sbc.app", "time", "datetime"}
+# The Redis store is the state layer's adapter to a server (house style: "state/ ... memory and
+# redis"): it alone may use the Redis client, and the clock for its reconnect backoff.  It still
+# never imports Twisted or the edge packages.
+ADAPTERS = {"state/redis_store.py": {"redis", "time"}}
 
 
 def _core_files():
@@ -29,6 +33,7 @@ def _imports(path: Path):
 @pytest.mark.parametrize("path", list(_core_files()), ids=lambda p: str(p.relative_to(SBC)))
 def test_core_module_has_no_io_imports(path):
     """A core module imports nothing that does I/O or reads the clock."""
+    allowed = ADAPTERS.get(str(path.relative_to(SBC)), set())
     bad = [m for m in _imports(path)
-           if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+           if any(m == f or m.startswith(f + ".") for f in FORBIDDEN - allowed)]
     assert bad == []

@@ -33,8 +33,11 @@ from sbc.errors import ConfigError
 from sbc.gateway.b2bua import B2BUA, EXTERNAL, INTERNAL, B2buaSettings
 from sbc.gateway.stateless import StatelessCore
 from sbc.ids import IdSource
-from sbc.net.driver import Driver, b2bua_settings_from
+from sbc.media import srtp
+from sbc.media.relay import MediaManager, PortPool
+from sbc.net.driver import Driver, b2bua_settings_from, media_settings_from
 from sbc.net.limits import ConnectionGuard, StreamLimits
+from sbc.net.media import MediaLoop, MediaPorts
 from sbc.net.outbound import Connector, Peer, client_tls_options
 from sbc.net.tls import ReloadableServerContext, TlsFiles
 from sbc.net.transport import SipDatagramProtocol, SipStreamFactory, SipTlsFactory
@@ -70,6 +73,7 @@ class Service:
     driver: Driver | None = None
     ports: list[IListeningPort] = field(default_factory=list)
     tls: ReloadableServerContext | None = None
+    media: MediaLoop | None = None
 
     def reload_tls(self) -> bool:
         """Re-read the TLS files for new handshakes; False (old files kept) if they do not load."""
@@ -99,6 +103,9 @@ class Service:
             p.stopListening()
         if self.driver is not None:
             self.driver.stop()
+        if self.media is not None:
+            self.media.stop()
+            self.media = None
 
 
 def start(config: Config, reactor: Any) -> Service:
@@ -111,9 +118,24 @@ def start(config: Config, reactor: Any) -> Service:
     ids = IdSource()
     settings = b2bua_settings_from(config)
     core = StatelessCore(new_tag=ids.tag, limits=limits_from(config))
-    driver = Driver(B2BUA(settings, ids, counters=core.counters), core, reactor)
+    media_loop = MediaLoop(reactor, core.counters, reactor.seconds)
+    media_settings = media_settings_from(config)
+    pr = config.media.port_range
+    pool = PortPool(pr.start, pr.end, (EXTERNAL, INTERNAL))
+    ports = MediaPorts(media_loop, pool, {
+        EXTERNAL: config.media.external.address, INTERNAL: config.media.internal.address,
+    }, reactor.seconds)
+    media = MediaManager(media_settings, ports)
+    missing = [s for s in config.media.suites if s not in srtp.SUPPORTED_SUITES]
+    if missing:
+        log.warn("SDES suites not supported by {libsrtp}, skipped: {missing}",
+                 libsrtp=srtp.LIBSRTP_VERSION, missing=", ".join(missing))
+    if not media_settings.allowed_suites():
+        raise ConfigError("none of media.suites is supported by the installed libsrtp "
+                          f"({srtp.LIBSRTP_VERSION})", path="media.suites")
+    driver = Driver(B2BUA(settings, ids, counters=core.counters, media=media), core, reactor)
     service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
-                      driver=driver)
+                      driver=driver, media=media_loop)
     driver.connector = _connector(config, settings, core, driver, reactor)
     try:
         for interface in (config.interfaces.external, config.interfaces.internal):
@@ -220,10 +242,15 @@ def run(config: Config) -> int:
         log.error("cannot listen on {address}:{port}: {reason}", address=e.interface or "*",
                   port=e.port, reason=str(e.socketError))
         return 1
-    log.warn("this build does not anchor media yet (SDP c=/m= lines pass unchanged); "
-             "SUBSCRIBE, NOTIFY, REFER, MESSAGE and PUBLISH are answered 405; the PBX is "
-             "{pbx} over {transport}",
+    media = config.media
+    log.info("media relay: ports {start}-{end}, SRTP outside {outside}, towards the PBX "
+             "{inside}, suites {suites} ({libsrtp}); the PBX is {pbx} over {transport}",
+             start=media.port_range.start, end=media.port_range.end, outside=media.srtp,
+             inside=config.pbx.srtp, libsrtp=srtp.LIBSRTP_VERSION,
+             suites=", ".join(media_settings_from(config).allowed_suites()),
              pbx=f"{config.pbx.address}:{config.pbx.port}", transport=config.pbx.transport)
+    log.warn("not relayed yet: REFER and SUBSCRIBE inside a call (405), reliable provisional "
+             "responses (100rel is removed), DTLS-SRTP and T.38 (their m= lines get port 0)")
 
     core = service.core
 

@@ -37,6 +37,13 @@ LOG_LEVELS: tuple[LogLevelName, ...] = ("debug", "info", "warn", "error")
 TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
 PEER_TRANSPORTS: tuple[PeerTransport, ...] = ("any", "udp", "tcp", "tls")
 SRTP_POLICIES: tuple[SrtpPolicy, ...] = ("require", "optional", "none")
+# RFC 4568 6.2, RFC 6188, RFC 7714 suite names (the installed libsrtp is probed at start; a
+# configured suite it lacks is skipped with a warning).
+SDES_SUITE_NAMES: tuple[str, ...] = (
+    "AEAD_AES_256_GCM", "AEAD_AES_128_GCM", "AES_256_CM_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_32",
+    "AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32", "AES_CM_128_HMAC_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32",
+)
 UNKNOWN_SOURCE_POLICIES: tuple[UnknownSource, ...] = ("reject", "drop", "allow")
 STATE_BACKENDS: tuple[StateBackend, ...] = ("memory", "redis")
 TLS_VERSIONS: tuple[TlsVersion, ...] = ("1.2", "1.3")
@@ -191,6 +198,7 @@ class PbxConfig:
     transport: Transport = "udp"
     tls_verify: bool = True
     server_name: str | None = None
+    srtp: SrtpPolicy = "none"  # the PBX leg: plain RTP (none), or SRTP with the SBC's keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +302,9 @@ class MediaConfig:
     allow_sdes_over_insecure_transport: bool = False
     inactivity_timeout: float = 30.0
     max_call_duration: float | None = 14400.0
+    suites: tuple[str, ...] = ()  # SDES suites allowed, best first; () = all supported
+    max_sessions: int = 10000  # concurrent calls with media; more get 503
+    max_pps: int = 400  # packets per second per stream and leg; more are dropped and counted
 
 
 @dataclass(frozen=True, slots=True)

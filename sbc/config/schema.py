@@ -24,6 +24,7 @@ from sbc.config.model import (
     LOG_FORMATS,
     LOG_LEVELS,
     PEER_TRANSPORTS,
+    SDES_SUITE_NAMES,
     SRTP_POLICIES,
     STATE_BACKENDS,
     SYSLOG_FACILITIES,
@@ -171,7 +172,8 @@ def read_routing(
 
 
 def read_pbx(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, object]) -> object:
-    s = r.section(node, path, ["address", "port", "transport", "tls_verify", "server_name"])
+    s = r.section(node, path,
+                  ["address", "port", "transport", "tls_verify", "server_name", "srtp"])
     d = PbxConfig()
     transport = s.choice("transport", TRANSPORTS, d.transport)
     server_name = s.optional_string("server_name")
@@ -187,6 +189,7 @@ def read_pbx(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, ob
         transport=transport,
         tls_verify=s.boolean("tls_verify", d.tls_verify),
         server_name=server_name,
+        srtp=s.choice("srtp", SRTP_POLICIES, d.srtp),
     )
 
 
@@ -318,9 +321,17 @@ def read_media(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, 
         "allow_sdes_over_insecure_transport",
         "inactivity_timeout",
         "max_call_duration",
+        "suites",
+        "max_sessions",
+        "max_pps",
     ]
     s = r.section(node, path, keys)
     d = MediaConfig()
+    suites: list[str] = []
+    for item_path, item in s.items("suites", what="SDES suites"):
+        name = r.choice(item, item_path, SDES_SUITE_NAMES)
+        if name is not None:
+            suites.append(name)
     interfaces = done["interfaces"]
     assert isinstance(interfaces, InterfacesConfig)
     pr = s.section("port_range", ["start", "end"])
@@ -344,6 +355,9 @@ def read_media(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, 
         ),
         inactivity_timeout=s.seconds("inactivity_timeout", d.inactivity_timeout),
         max_call_duration=s.optional_seconds("max_call_duration", d.max_call_duration),
+        suites=tuple(suites),
+        max_sessions=s.integer("max_sessions", d.max_sessions, 1, 1_000_000),
+        max_pps=s.integer("max_pps", d.max_pps, 10, 100_000),
         **sides,
     )
 

@@ -44,9 +44,21 @@ the SBC's own ``o=`` line, ``s=-`` and no session-level ``i=``/``u=``/``e=``/``p
 (:func:`~sbc.gateway.topology.hide_sdp_body`), and, inside a call, a few harmless body types
 (DTMF relay, plain text).  Reason phrases are not copied (the standard phrase is written), nor
 are Via, Contact, Record-Route, Call-ID, tags, CSeq, Server or User-Agent.  Each leg's Contact
-is the SBC's own address on that leg's interface and transport.  The ``c=`` and ``m=`` lines
-are **not** rewritten yet: until media anchoring exists, media flows directly between the
-endpoints.
+is the SBC's own address on that leg's interface and transport.
+
+Media
+~~~~~
+With a :class:`~sbc.media.relay.MediaManager` (always, in ``sbc run``), every INVITE gets a
+media session before any transaction is created, and every SDP that crosses is an offer or an
+answer given to the relay, which returns it rewritten for the other leg: the SBC's own relay
+ports and addresses, its own SDES keys per leg, the leg's profile (RFC 3264 roles: the INVITE's
+body offers and the responses answer, or the 2xx offers and the ACK answers; the same for
+re-INVITE and UPDATE).  An offer the media policy refuses gets 488 (503 when the relay is out of
+ports or sessions) with a ``Warning`` before anything is sent on; a refused answer fails the call
+like an unreadable one.  An SDP that is neither offer nor answer does not cross.  The relay's
+inactivity and duration limits end a confirmed call with a BYE (with a ``Reason``) on both
+legs.  Each call that ends leaves a record (:attr:`B2BUA.records`) with its media statistics, and
+policy refusals and SRTP authentication storms are security events (:attr:`B2BUA.events`).
 
 Calls
 ~~~~~
@@ -111,6 +123,7 @@ import enum
 import hashlib
 import heapq
 import ipaddress
+from collections import deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -127,6 +140,7 @@ from sbc.gateway.registrar import (
 from sbc.gateway.stateless import stamp_received
 from sbc.gateway.topology import crossing_headers, hide_sdp_body
 from sbc.ids import IdSource
+from sbc.media.relay import LegPolicy, MediaManager, MediaRefused, MediaSession
 from sbc.media.sdp import SessionDescription, parse_sdp
 from sbc.sip.dialog import Dialog, DialogError, initial_request
 from sbc.sip.headers import Headers, NameAddr, canonical_name
@@ -243,6 +257,7 @@ class Trunk:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     transport: str = "any"
     tls_subject: str | None = None
+    srtp: str | None = None  # the trunk's SRTP policy (None: the external default)
 
     def matches(self, origin: Origin) -> bool:
         if self.transport != "any" and origin.transport.lower() != self.transport:
@@ -264,6 +279,7 @@ class TrunkRoute:
     prefix: str
     peer: Origin
     name: str
+    srtp: str | None = None  # the trunk's SRTP policy (None: the external default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +303,8 @@ class B2buaSettings:
     trunks: tuple[Trunk, ...] = ()
     routes: tuple[TrunkRoute, ...] = ()
     unknown_source: UnknownSourcePolicy = "reject"
+    srtp_external: str = "require"  # media.srtp: the external legs' SRTP policy
+    srtp_internal: str = "none"  # pbx.srtp: the PBX leg's
 
     def route(self, user: str) -> TrunkRoute | None:
         """The trunk route for a number: the longest matching prefix, or ``None``."""
@@ -364,6 +382,12 @@ class Call:
     relays: dict[int, _Relay] = field(default_factory=dict)  # in-dialog requests in progress
     # SDP origin per interface: session id, version, and the last body that crossed to it.
     sdp: dict[str, _SdpOrigin] = field(default_factory=dict)
+    media: MediaSession | None = None  # the relay's session (None without a media manager)
+    offer_in_invite: bool = False  # RFC 3264: the INVITE offered, so its responses answer
+    created_at: float = 0.0
+    answered_at: float | None = None
+    end_reason: str | None = None
+    recorded: bool = False
 
     @property
     def a_key(self) -> tuple[str, str, str]:
@@ -402,6 +426,7 @@ class _Relay:
     provisional: bool = False
     cancelled: bool = False
     ack: Request | None = None  # a re-INVITE's 2xx: the ACK sent on the other leg
+    offer: bool = False  # the request carried an SDP offer (its responses answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,9 +450,16 @@ class B2BUA:
         *,
         auth_failures: AuthFailures | None = None,
         counters: MutableMapping[str, int] | None = None,
+        media: MediaManager | None = None,
     ) -> None:
         self.settings = settings
         self.ids = ids
+        # The media relay: every call's SDP is rewritten to the SBC's own ports and keys.
+        # Without one, SDP crosses with only its origin hidden (unit tests of signalling).
+        self.media = media
+        # Security events and call records for the edge to write (drained, bounded).
+        self.events: deque[dict[str, object]] = deque(maxlen=10000)
+        self.records: deque[dict[str, object]] = deque(maxlen=10000)
         self.layers = {
             EXTERNAL: TransactionLayer(settings.timers),
             INTERNAL: TransactionLayer(settings.timers),
@@ -470,6 +502,8 @@ class B2BUA:
         if heap:
             deadlines.append(heap[0][0])
         deadlines.append(self._sweep_at)
+        if self.media is not None:
+            deadlines.append(self.media.get_timer())
         return min((d for d in deadlines if d is not None), default=None)
 
     def __len__(self) -> int:
@@ -535,6 +569,22 @@ class B2BUA:
         if self._sweep_at is not None and self._sweep_at <= now:
             self.registrar.expire(now)
             self._arm_sweep(now)
+        if self.media is not None:
+            for event in self.media.handle_timer(now):
+                owner = event.key
+                if not isinstance(owner, Call):
+                    continue
+                call = owner
+                if event.kind == "srtp_auth_failures":
+                    self._security("srtp.auth_failures", call, now, **event.detail)
+                elif event.kind == "inactive":
+                    self._count("media.timeout.inactive")
+                    self._hangup(call, now, "media inactivity",
+                                 'SIP;cause=408;text="Media timeout"')
+                elif event.kind == "duration":
+                    self._count("media.timeout.duration")
+                    self._hangup(call, now, "maximum call duration",
+                                 'SIP;cause=408;text="Maximum call duration"')
 
     def send_failed(self, command: Send, now: float) -> None:
         """The edge could not deliver ``command`` (no connection to that peer any more): the
@@ -703,11 +753,13 @@ class B2BUA:
         remote_uri = str(NameAddr(SipUri("sip", host, user=number)))
         ruri = SipUri("sip", host, user=number, port=peer.port)
         self._count(f"routed.{route.name}")
-        self._invite(invite, origin, now, peer, ruri, local_uri, remote_uri)
+        self._invite(invite, origin, now, peer, ruri, local_uri, remote_uri,
+                     trunk_srtp=route.srtp)
 
     def _invite(
         self, invite: Request, origin: Origin, now: float, peer: Origin, ruri: SipUri,
         local_uri: str, remote_uri: str, *, to_user: bool = False,
+        trunk_srtp: str | None = None,
     ) -> None:
         if not isinstance(invite.uri, SipUri | TelUri):
             raise SipParseError("unroutable Request-URI", 416)
@@ -723,6 +775,18 @@ class B2BUA:
         offer = None
         if invite.body and invite.content_type == "application/sdp":
             offer = parse_sdp(invite.body)  # an offer we cannot read is refused (488) first
+        media = None
+        if self.media is not None:
+            # Before any transaction exists: a refused offer is answered like a parse error.
+            try:
+                media = self.media.create(None, self._leg_policy(origin),
+                                          self._leg_policy(peer, trunk_srtp), now)
+                if offer is not None:
+                    offer = self.media.offer(media, "a", offer, invite.body, now)
+            except MediaRefused as e:
+                if media is not None:
+                    self.media.close(media)
+                raise self._media_refused(e, origin, now) from None
         a_txn = self.layers[origin.interface].create_server(invite, now, reliable=origin.reliable)
         a_tag = self.ids.tag()
         own = self.settings.own(peer.interface, peer.transport)
@@ -731,8 +795,11 @@ class B2BUA:
             local_contact=own.contact(), headers=self._crossing(invite.headers),
         )
         b_invite.headers.set("Max-Forwards", str(max_forwards - 1))
-        call = Call(invite, origin, a_txn, a_tag, b_invite, peer, to_user=to_user)
-        b_invite.body = self._cross_sdp(call, invite, peer.interface, offer)
+        call = Call(invite, origin, a_txn, a_tag, b_invite, peer, to_user=to_user,
+                    media=media, offer_in_invite=offer is not None, created_at=now)
+        if media is not None:
+            media.key = call
+        b_invite.body = self._cross_sdp(call, invite, peer.interface, offer, now=now)
         if not b_invite.body:
             b_invite.headers.remove("content-type")
         self._routes[a_txn] = _Route(origin, call, "a-invite")
@@ -845,7 +912,16 @@ class B2BUA:
         other = call.b_dialog if from_a else call.a_dialog
         target = call.b_peer if from_a else call.a_peer
         assert other is not None
-        body, headers = self._crossing_body(call, request, target.interface)
+        offer = bool(request.body) and request.method in ("INVITE", "UPDATE") and (
+            request.content_type == "application/sdp"
+        )
+        try:
+            body, headers = self._crossing_body(
+                call, request, target.interface, now=now,
+                role=("offer-a" if from_a else "offer-b") if offer else None,
+            )
+        except MediaRefused as e:
+            raise self._media_refused(e, origin, now, call) from None
         try:
             out = other.create_request(request.method, body=body, headers=headers)
         except DialogError:
@@ -857,7 +933,7 @@ class B2BUA:
             request, now, reliable=origin.reliable, trying=request.method == "INVITE"
         )
         relay = _Relay(origin, request, server, target, out, call=call, from_a=from_a,
-                       to_user=target.interface == EXTERNAL)
+                       to_user=target.interface == EXTERNAL, offer=offer)
         self._routes[server] = _Route(origin, call, "relay-in", relay)
         call.relays[id(relay)] = relay
         if request.method == "INVITE":
@@ -907,9 +983,13 @@ class B2BUA:
         if relay.ack is None:
             other = call.b_dialog if relay.from_a else call.a_dialog
             assert other is not None
+            role = None
+            if not relay.offer:  # the 2xx offered: the ACK answers (RFC 3264)
+                role = "answer-a" if relay.from_a else "answer-b"
             try:
-                body, headers = self._crossing_body(call, ack, relay.target.interface)
-            except SdpError:
+                body, headers = self._crossing_body(call, ack, relay.target.interface, now=now,
+                                                    role=role)
+            except (SdpError, MediaRefused):
                 body, headers = b"", []
             relay.ack = other.create_ack(relay.out.cseq.seq, body=body, headers=headers)
             own = self.settings.own(relay.target.interface, relay.target.transport)
@@ -921,10 +1001,13 @@ class B2BUA:
     def _ack_received(self, call: Call, ack: Request, now: float) -> None:
         if call.b_ack is None:
             assert call.b_dialog is not None
+            refused = False
             try:
-                body = self._cross_sdp(call, ack, call.b_peer.interface)
-            except SdpError:
+                body = self._cross_sdp(call, ack, call.b_peer.interface, now=now,
+                                       role=None if call.offer_in_invite else "answer-a")
+            except (SdpError, MediaRefused):
                 body = b""  # an ACK cannot be refused; the callee gets no answer (13.3.1.4)
+                refused = call.media is not None
             headers = self._crossing(ack.headers) if body else []
             b_ack = call.b_dialog.create_ack(call.b_invite.cseq.seq, body=body, headers=headers)
             b_ack.headers.prepend("Via", self._own(call.b_peer).via(self.ids.branch()))
@@ -932,6 +1015,11 @@ class B2BUA:
             if call.state is CallState.ANSWERED:
                 call.state = CallState.CONFIRMED
             self._stop_2xx(call)
+            self._send_b_ack(call)
+            if refused:  # the caller's answer broke the media policy: end the call
+                self._hangup(call, now, "unacceptable SDP answer",
+                             'SIP;cause=488;text="Not Acceptable Here"')
+            return
         self._send_b_ack(call)
 
     def _send_b_ack(self, call: Call) -> None:
@@ -1132,16 +1220,23 @@ class B2BUA:
             )
             self._answer_relay(relay, answer, now)
             return
+        role = None
+        responder = "b" if relay.from_a else "a"
+        if method in ("INVITE", "UPDATE") and status < 300:
+            if relay.offer:
+                role = "answer-" + responder
+            elif method == "INVITE" and status >= 200:
+                role = "offer-" + responder
         try:
             body, extra = (
-                self._crossing_body(call, response, relay.source.interface)
+                self._crossing_body(call, response, relay.source.interface, now=now, role=role)
                 if call is not None else (b"", self._crossing(response.headers))
             )
-        except SdpError:
+        except (SdpError, MediaRefused) as e:
             if status < 200:
                 return
             body, extra = b"", []
-            status = 502
+            status = e.status if isinstance(e, MediaRefused) else 502
         if not body:
             extra = [(n, v) for n, v in extra if canonical_name(n) != "content-type"]
         if 200 <= status < 300 and method in ("INVITE", "UPDATE"):
@@ -1179,7 +1274,7 @@ class B2BUA:
             call.provisional = True
             if call.state is CallState.CALLING and not call.a_final_sent:
                 # A provisional is optional: one with a broken body is not relayed.
-                with contextlib.suppress(SdpError):
+                with contextlib.suppress(SdpError, MediaRefused):
                     self._relay_response(call, response, now)
         elif status < 300:
             self._b_2xx(call, response, now)
@@ -1214,12 +1309,17 @@ class B2BUA:
             return
         try:
             a_response = self._relay_response(call, response, now)
-        except SdpError:  # an answer the caller could not use: refuse the call on both legs
-            self._fail_a_leg(call, 502, now)
+        except (SdpError, MediaRefused) as e:  # an answer the caller could not use: refuse
+            if isinstance(e, MediaRefused):  # the call on both legs
+                self._media_refused(e, call.b_peer, now, call)
+            self._fail_a_leg(call, e.status if isinstance(e, MediaRefused) else 502, now)
             self._ack_and_bye_b(call, now)
             return
         call.a_dialog = Dialog.uas(call.a_invite, a_response)
         call.state = CallState.ANSWERED
+        call.answered_at = now
+        if call.media is not None and self.media is not None:
+            self.media.answered(call.media, now)
         if not call.a_peer.reliable and call.b_peer.reliable:
             call.a_2xx = a_response
             call.a_2xx_every = self.settings.timers.t1
@@ -1270,7 +1370,13 @@ class B2BUA:
         SBC's To tag and Contact, the crossing headers and the SDP with the SBC's origin."""
         status = response.status
         extra = self._crossing(response.headers)
-        body = self._cross_sdp(call, response, call.a_peer.interface) if status < 300 else b""
+        role = None
+        if call.offer_in_invite:
+            role = "answer-b"
+        elif 200 <= status < 300:
+            role = "offer-b"  # RFC 3264: an INVITE without a body gets the offer in the 2xx
+        body = (self._cross_sdp(call, response, call.a_peer.interface, now=now, role=role)
+                if status < 300 else b"")
         if not body:
             extra = [(n, v) for n, v in extra if canonical_name(n) != "content-type"]
         if status < 300:
@@ -1300,6 +1406,9 @@ class B2BUA:
         self._end(call)
 
     def _end(self, call: Call) -> None:
+        if not call.recorded:
+            call.recorded = True
+            self._record(call)
         call.state = CallState.ENDED
         call.ring_deadline = None
         self._set_cancel_deadline(call, None)
@@ -1309,6 +1418,76 @@ class B2BUA:
                 del self.calls[key]
         self._live.pop(id(call), None)
         call.reinvite = None
+
+    # -- media -----------------------------------------------------------------------------
+
+    def _leg_policy(self, peer: Origin, trunk_srtp: str | None = None) -> LegPolicy:
+        """How ``peer``'s leg may carry media: the PBX's policy inside; outside, the trunk's
+        (the route's, or the trunk the caller matched), else the external default."""
+        s = self.settings
+        if peer.interface == INTERNAL:
+            policy = s.srtp_internal
+        else:
+            policy = trunk_srtp or next(
+                (t.srtp for t in s.trunks if t.srtp is not None and t.matches(peer)), None
+            ) or s.srtp_external
+        return LegPolicy(peer.interface, policy,  # type: ignore[arg-type]
+                         peer.transport.lower() == "tls", peer.host)
+
+    def _media_refused(self, error: MediaRefused, origin: Origin, now: float,
+                       call: Call | None = None) -> SipParseError:
+        """A refused offer as the error that answers it (488 or 503 with a Warning, RFC 3261
+        20.43); a refusal by the encryption policy is a security event."""
+        self._count(f"refused.media.{error.status}")
+        if error.security:
+            self._security("media.refused", call, now, source=origin.host,
+                           interface=origin.interface, transport=origin.transport,
+                           reason=error.reason)
+        own = self._own(origin)
+        warning = '399 {} "{}"'.format(own.host, error.reason.replace('"', "'"))
+        return SipParseError(error.reason, error.status, headers=(("Warning", warning),))
+
+    def _security(self, kind: str, call: Call | None, now: float, **detail: object) -> None:
+        event: dict[str, object] = {"type": kind, "time": now, **detail}
+        if call is not None:
+            event["call"] = call.a_invite.call_id
+            event.setdefault("source", call.a_peer.host)
+        self.events.append(event)
+        self._count(f"security.{kind}")
+
+    def _hangup(self, call: Call, now: float, why: str, reason: str) -> None:
+        """The SBC ends a confirmed call itself (media timeout, maximum duration, a media
+        policy failure): a BYE with a Reason (RFC 3326) on both legs."""
+        if call.state is not CallState.CONFIRMED:
+            return
+        call.end_reason = why
+        call.state = CallState.ENDING
+        for relay in list(call.relays.values()):
+            if not relay.final_sent:
+                self._answer_relay(relay, build_response(relay.request, 487), now)
+        for dialog, peer in ((call.b_dialog, call.b_peer), (call.a_dialog, call.a_peer)):
+            if dialog is not None:
+                bye = dialog.create_request("BYE", headers=[("Reason", reason)])
+                self._start(bye, peer, call, "bye", now)
+
+    def _record(self, call: Call) -> None:
+        """The call record (CDR) of a call that ends, with its media statistics."""
+        media = None
+        if call.media is not None and self.media is not None:
+            media = self.media.close(call.media)
+        a, b = call.a_peer, call.b_peer
+        self.records.append({
+            "type": "call",
+            "call_id": call.a_invite.call_id,
+            "a": f"{a.transport}:{a.host}:{a.port}",
+            "b": f"{b.transport}:{b.host}:{b.port}",
+            "from": _user(call.a_invite.from_.uri),
+            "to": _user(call.a_invite.uri),
+            "created": call.created_at,
+            "answered": call.answered_at,
+            "end_reason": call.end_reason,
+            "media": media,
+        })
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -1364,7 +1543,8 @@ class B2BUA:
         return out
 
     def _crossing_body(
-        self, call: Call | None, source: Request | Response, to_side: str
+        self, call: Call | None, source: Request | Response, to_side: str, *,
+        now: float = 0.0, role: str | None = None,
     ) -> tuple[bytes, list[tuple[str, str]]]:
         """The body and headers of ``source`` as they may appear on ``to_side`` inside a call:
         SDP through :meth:`_cross_sdp`, a few address-free types as they are, nothing else."""
@@ -1373,7 +1553,7 @@ class B2BUA:
         if not source.body:
             body = b""
         elif content_type == "application/sdp" and call is not None:
-            body = self._cross_sdp(call, source, to_side)
+            body = self._cross_sdp(call, source, to_side, now=now, role=role)
         elif content_type in CROSSING_BODY_TYPES:
             body = source.body
         else:
@@ -1385,14 +1565,29 @@ class B2BUA:
         return body, headers
 
     def _cross_sdp(self, call: Call, source: Request | Response, to_side: str,
-                   parsed: SessionDescription | None = None) -> bytes:
+                   parsed: SessionDescription | None = None, *, now: float = 0.0,
+                   role: str | None = None) -> bytes:
         """The body of ``source`` as it may appear on ``to_side``: only SDP crosses, with the
         ``o=`` line the SBC's own (its address on that side, a session id per leg, a version
         bumped whenever the other side's SDP changed, RFC 3264 8).  ``parsed`` is the body
-        already parsed by the caller.  Raises :class:`SdpError`."""
+        already parsed (and, with a media relay, already rewritten) by the caller.  With a
+        media relay, ``role`` (``"offer-a"``, ``"answer-b"``...: what the body is and which leg
+        sent it) has the relay rewrite it; an SDP that is neither offer nor answer does not
+        cross.  Raises :class:`SdpError` or :class:`MediaRefused`."""
         if not source.body or source.content_type != "application/sdp":
             return b""
-        sdp = parsed if parsed is not None else parse_sdp(source.body)
+        media = call.media
+        if self.media is not None and media is not None and parsed is None:
+            if role is None:
+                return b""  # e.g. a body in the ACK of an INVITE that offered
+            kind, leg = role.split("-")
+            sdp = parse_sdp(source.body)
+            if kind == "offer":
+                sdp = self.media.offer(media, leg, sdp, source.body, now)
+            else:
+                sdp = self.media.answer(media, leg, sdp, source.body, now)
+        else:
+            sdp = parsed if parsed is not None else parse_sdp(source.body)
         origin = call.sdp.get(to_side)
         if origin is None:
             origin = call.sdp[to_side] = _SdpOrigin(_numeric_id(self.ids.token()))

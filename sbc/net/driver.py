@@ -50,6 +50,7 @@ from sbc.gateway.b2bua import (
 )
 from sbc.gateway.registrar import RegistrationPolicy
 from sbc.gateway.stateless import StatelessCore
+from sbc.media.relay import MediaInterface, MediaSettings
 from sbc.net.outbound import Connector
 from sbc.sip.message import Request, Response
 from sbc.sip.transaction import TimerSettings
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
     from sbc.config import Config
 
 log = Logger(namespace="sbc.driver")
+security_log = Logger(namespace="sbc.security")
+cdr_log = Logger(namespace="sbc.cdr")
 
 Address = tuple[str, int]
 
@@ -127,15 +130,35 @@ def b2bua_settings_from(
             pbx_max_expires=reg.pbx_max_expires,
         ),
         trunks=tuple(
-            Trunk(p.name, p.cidrs, p.transport, p.tls_subject) for p in config.trusted_peers
+            Trunk(p.name, p.cidrs, p.transport, p.tls_subject, p.srtp)
+            for p in config.trusted_peers
         ),
         routes=tuple(
             TrunkRoute(prefix, Origin(EXTERNAL, p.route.transport, p.route.address,
-                                      p.route.port), p.name)
+                                      p.route.port), p.name, p.srtp)
             for p in config.trusted_peers if p.route is not None
             for prefix in p.route.prefixes
         ),
         unknown_source=config.routing.unknown_source,
+        srtp_external=config.media.srtp,
+        srtp_internal=pbx.srtp,
+    )
+
+
+def media_settings_from(config: Config) -> MediaSettings:
+    """The media relay's settings from ``media`` (and ``pbx.srtp`` via the B2BUA)."""
+    m = config.media
+    return MediaSettings(
+        interfaces={
+            EXTERNAL: MediaInterface(m.external.address, m.external.advertised_address),
+            INTERNAL: MediaInterface(m.internal.address, m.internal.advertised_address),
+        },
+        suites=m.suites,
+        allow_insecure_sdes=m.allow_sdes_over_insecure_transport,
+        inactivity_timeout=m.inactivity_timeout,
+        max_call_duration=m.max_call_duration,
+        max_sessions=m.max_sessions,
+        max_pps=m.max_pps,
     )
 
 
@@ -224,6 +247,13 @@ class Driver:
     # -- outputs ---------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        b2bua = self.b2bua
+        while b2bua.events:  # security events and call records: structured log lines
+            event = b2bua.events.popleft()
+            security_log.warn("security event {type}", **event)
+        while b2bua.records:
+            record = b2bua.records.popleft()
+            cdr_log.info("call record", **record)
         try:
             commands = self.b2bua.commands()
         except Exception:

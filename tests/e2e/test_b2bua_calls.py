@@ -32,6 +32,7 @@ interfaces:
     address: 127.0.0.1
     udp: {{enabled: true, port: {internal}}}
 pbx: {{address: 127.0.0.1, port: {pbx}, transport: udp}}
+media: {{srtp: none}}  # sipp offers plain RTP/AVP; media is still anchored
 trusted_peers:  # sipp plays a trunk: calls from elsewhere need a registration
   - {{name: sipp-trunk, cidrs: [127.0.0.1/32]}}
 """

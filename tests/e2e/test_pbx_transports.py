@@ -35,6 +35,7 @@ interfaces:
     tcp: {{enabled: {tcp_on}, port: {internal}}}
     tls: {{enabled: {tls_on}, port: {internal_tls}}}
 pbx: {{address: 127.0.0.1, port: {pbx}, transport: {transport}, server_name: localhost}}
+media: {{srtp: none}}  # sipp offers plain RTP/AVP; media is still anchored
 trusted_peers:
   - {{name: sipp-trunk, cidrs: [127.0.0.1/32]}}
 tls:

@@ -39,6 +39,7 @@ interfaces:
     address: 127.0.0.1
     udp: {{enabled: true, port: {internal}}}
 pbx: {{address: 127.0.0.1, port: {pbx}, transport: udp}}
+media: {{srtp: none}}  # sipp offers plain RTP/AVP; media is still anchored
 routing: {{unknown_source: reject}}
 """
 

@@ -54,6 +54,7 @@ interfaces:
     address: 127.0.0.1
     udp: {{enabled: true, port: {internal}}}
 pbx: {{address: 127.0.0.1, port: {pbx}, transport: udp}}
+media: {{srtp: none}}  # sipp offers plain RTP/AVP; media is still anchored
 trusted_peers:  # the sipp caller plays a trunk: calls from unknown sources may be refused
   - {{name: e2e-caller, cidrs: [127.0.0.1/32]}}
 tls:
