@@ -1048,7 +1048,8 @@ def _rewrite(m: MediaDescription, ep: Endpoint, proto: str, keys: Sequence[Crypt
     m.set_port(ep.port)
     for name in DROPPED_ATTRIBUTES:
         m.remove_attributes(name)
-    m.set_connection_address(address)
+    if m.connection is not None:  # the session-level c= was rewritten by the caller
+        m.set_connection_address(address)
     m.set_rtcp(ep.port + 1)
     if mux:
         m.add_attribute("rtcp-mux")
