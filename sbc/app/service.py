@@ -125,7 +125,7 @@ def start(config: Config, reactor: Any) -> Service:
     ports = MediaPorts(media_loop, pool, {
         EXTERNAL: config.media.external.address, INTERNAL: config.media.internal.address,
     }, reactor.seconds)
-    media = MediaManager(media_settings, ports)
+    media = MediaManager(media_settings, ports, counters=core.counters)
     missing = [s for s in config.media.suites if s not in srtp.SUPPORTED_SUITES]
     if missing:
         log.warn("SDES suites not supported by {libsrtp}, skipped: {missing}",

@@ -57,7 +57,7 @@ import ipaddress
 import math
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -548,6 +548,7 @@ class MediaSession:
     last_offer: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     auth_failures: int = 0
     auth_alarmed: bool = False
+    timed_out: bool = False
     closed: bool = False
 
     def endpoints(self) -> Iterator[Endpoint]:
@@ -579,12 +580,13 @@ class MediaManager:
     (see the module docstring)."""
 
     def __init__(self, settings: MediaSettings, ports: PortAllocator, *,
-                 random: Callable[[int], bytes] = secrets.token_bytes) -> None:
+                 random: Callable[[int], bytes] = secrets.token_bytes,
+                 counters: MutableMapping[str, int] | None = None) -> None:
         self.settings = settings
         self.ports = ports
         self.random = random
         self.sessions: dict[int, MediaSession] = {}
-        self.counters: dict[str, int] = {}
+        self.counters: MutableMapping[str, int] = counters if counters is not None else {}
         self._sweep_at: float | None = None
 
     def _count(self, name: str) -> None:
@@ -654,17 +656,19 @@ class MediaManager:
                         sources[host] = sources.get(host, 0) + count
                 events.append(MediaEvent("srtp_auth_failures", session.key,
                                          {"count": session.auth_failures, "sources": sources}))
-            if session.answered_at is None:
+            if session.answered_at is None or session.timed_out:
                 continue
             if (s.max_call_duration is not None
                     and now - session.answered_at >= s.max_call_duration):
                 events.append(MediaEvent("duration", session.key,
                                          {"seconds": round(now - session.answered_at)}))
+                session.timed_out = True
                 continue
             if s.inactivity_timeout > 0 and _expects_media(session):
                 idle = now - max(session.last_activity(), session.answered_at)
                 if idle >= s.inactivity_timeout:
                     events.append(MediaEvent("inactive", session.key, {"idle": round(idle, 1)}))
+                    session.timed_out = True  # reported once; the B2BUA ends the call
         for event in events:
             self._count(f"media.event.{event.kind}")
         return events
@@ -795,6 +799,9 @@ class MediaManager:
             if not _refusable(m):
                 continue
             offered = m.crypto
+            if to_policy.srtp == "require" and not (to_policy.secure or insecure_ok):
+                self._count("media.refused.sdes_insecure")
+                return MediaRefused("the other leg requires SRTP over insecure signalling")
             if offered and policy.srtp != "none" and not (policy.secure or insecure_ok):
                 self._count("media.refused.sdes_insecure")
                 return MediaRefused("SDES keys over an unencrypted signalling transport",
@@ -810,9 +817,6 @@ class MediaManager:
             if "SAVP" in m.proto.upper():
                 self._count("media.refused.srtp_not_allowed")
                 return MediaRefused("SRTP is not used on this interface")
-            if to_policy.srtp == "require":
-                self._count("media.refused.sdes_insecure")
-                return MediaRefused("the other leg requires SRTP over insecure signalling")
         self._count("media.refused.no_stream")
         return MediaRefused("no acceptable media stream")
 

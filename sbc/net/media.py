@@ -56,9 +56,6 @@ class MediaLoop:
         self.poller = select.epoll()
         # fd -> (recvfrom_into of the socket, endpoint, is the RTCP port)
         self.handlers: dict[int, tuple[Callable[..., Any], Endpoint, bool]] = {}
-        self.packets = 0  # forwarded
-        self.dropped = 0
-        self.send_errors = 0
         self.started = False
 
     def start(self) -> None:
@@ -150,9 +147,13 @@ class MediaLoop:
                 except Exception:  # a bug must not stop the relay: count it, keep going
                     self.counters["internal.error"] += 1
                     log.failure("media relay failed on a packet")
-        self.packets += forwarded
-        self.dropped += dropped
-        self.send_errors += errors
+        counters = self.counters
+        if forwarded:
+            counters["media.forwarded"] += forwarded
+        if dropped:
+            counters["media.dropped"] += dropped
+        if errors:
+            counters["media.socket_errors"] += errors
 
 
 class MediaPorts:
