@@ -1,6 +1,6 @@
 # sbc developer entry points.  Quick start on a fresh Debian machine with Python 3.11+:
 #   make run    # virtualenv, install, dev certificates, start the SBC with deploy/sbc.example.yaml
-#   make test   # test dependencies, system tools (redis-server, sipp), then the whole suite
+#   make test   # test dependencies, system tools (redis-server, sipp, socat, baresip), then all tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -37,7 +37,7 @@ test: $(VENV)/.stamp-test
 ## deps: the system tools end-to-end tests use, from Debian packages
 deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server sip-tester socat
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server sip-tester socat baresip-core
 
 check-config: $(VENV)/.stamp-runtime
 	$(BIN)/sbc check-config $(CONFIG)

@@ -4,7 +4,7 @@
 # running as root with apt-get; otherwise says what is missing and lets the tests skip (or, under
 # SBC_REQUIRE_TOOLS=1, fail).
 set -u
-want=(redis-server:redis-server sipp:sip-tester socat:socat)
+want=(redis-server:redis-server sipp:sip-tester socat:socat baresip:baresip-core)
 missing=()
 for pair in "${want[@]}"; do
   tool=${pair%%:*}; pkg=${pair#*:}
