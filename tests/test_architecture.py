@@ -10,9 +10,9 @@ CORE = ["sip", "media", "gateway", "policy", "state", "errors.py", "ids.py"]
 FORBIDDEN = {"twisted", "redis", "socket", "asyncio", "selectors", "ssl", "OpenSSL",
              "sbc.net", "sbc.app", "time", "datetime"}
 # The Redis store is the state layer's adapter to a server (house style: "state/ ... memory and
-# redis"): it alone may use the Redis client, and the clock for its reconnect backoff.  It still
+# redis"): it alone may use the Redis client (its clock is passed in).  It still
 # never imports Twisted or the edge packages.
-ADAPTERS = {"state/redis_store.py": {"redis", "time"}}
+ADAPTERS = {"state/redis_store.py": {"redis"}}
 
 
 def _core_files():

@@ -366,7 +366,8 @@ def read_state(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, 
     s = r.section(node, path, ["backend", "redis_url"])
     d = StateConfig()
     backend = s.choice("backend", STATE_BACKENDS, d.backend)
-    expected = "a redis://, rediss:// or unix:// URL"
+    expected = ("a redis://, rediss://, unix://, redis+sentinel://host[,host...]/service or "
+                "redis+cluster://host[,host...] URL")
     url = s.optional_string("redis_url", secret=True, expected=expected)
     url_path = s.path_of("redis_url")
     if url is not None:
@@ -381,7 +382,25 @@ def read_state(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, 
     return StateConfig(backend=backend, redis_url=url)
 
 
+_MULTI_HOST = ("redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
+
+
 def _redis_url_problem(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in _MULTI_HOST:
+        netloc, _, path = rest.partition("/")
+        hosts = netloc.rpartition("@")[2]
+        for host in hosts.split(","):
+            try:
+                parts = urlsplit(f"redis://{host}")
+                parts.port  # noqa: B018 -- raises ValueError for a bad port
+            except ValueError:
+                return f"invalid host '{host}'"
+            if not parts.hostname:
+                return "no host" if not host else f"invalid host '{host}'"
+        if scheme.lower().endswith("+sentinel") and not path.strip("/"):
+            return "no Sentinel service name (redis+sentinel://host/service)"
+        return ""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a bad port

@@ -131,7 +131,8 @@ def test_check_config_reports_every_error(
         f'{f}:13:9: media.srtp: invalid value "sometimes" (expected one of: require, optional, '
         "none)",
         f"{f}:16:14: state.redis_url: unsupported scheme 'ftp' in \"ftp://user:***@cache\" "
-        "(expected a redis://, rediss:// or unix:// URL)",
+        "(expected a redis://, rediss://, unix://, redis+sentinel://host[,host...]/service or "
+        "redis+cluster://host[,host...] URL)",
         f"{f}: 6 error(s)",
     ]
 

@@ -735,8 +735,8 @@ def test_empty_token_file(d: Path) -> None:
 def test_redis_backend_needs_a_url(d: Path) -> None:
     """backend: redis without redis_url is an error at the state section."""
     assert errors(d, "state:\n  backend: redis\n") == [
-        "1:1: state.redis_url: required when backend is redis (expected a redis://, rediss:// or "
-        "unix:// URL)"
+        "1:1: state.redis_url: required when backend is redis (expected a redis://, rediss://, "
+        "unix://, redis+sentinel://host[,host...]/service or redis+cluster://host[,host...] URL)"
     ]
 
 
@@ -746,12 +746,27 @@ def test_redis_password_is_masked_in_errors(d: Path) -> None:
     lines = errors(d, body)
     assert lines == [
         "3:14: state.redis_url: unsupported scheme 'http' in \"http://admin:***@cache\" "
-        "(expected a redis://, rediss:// or unix:// URL)"
+        "(expected a redis://, rediss://, unix://, redis+sentinel://host[,host...]/service or "
+        "redis+cluster://host[,host...] URL)"
     ]
     assert errors(d, "state:\n  redis_url: 5\n") == [
-        "2:14: state.redis_url: got an integer (***) (expected a redis://, rediss:// or unix:// "
-        "URL)"
+        "2:14: state.redis_url: got an integer (***) (expected a redis://, rediss://, unix://, "
+        "redis+sentinel://host[,host...]/service or redis+cluster://host[,host...] URL)"
     ]
+
+
+def test_redis_sentinel_and_cluster_urls(d: Path) -> None:
+    """Sentinel and Cluster URLs list several hosts; a Sentinel URL must name its service."""
+    for url in ("redis+sentinel://:pw@s1:26379,s2/mymaster/0", "rediss+cluster://n1:7000,n2:7001"):
+        config = load_config(write(d, f"state:\n  backend: redis\n  redis_url: {url}\n"))
+        assert config.state.redis_url == url
+    assert errors(d, "state:\n  backend: redis\n  redis_url: redis+sentinel://s1,s2\n") == [
+        "3:14: state.redis_url: no Sentinel service name (redis+sentinel://host/service) in "
+        "\"redis+sentinel://s1,s2\" (expected a redis://, rediss://, unix://, "
+        "redis+sentinel://host[,host...]/service or redis+cluster://host[,host...] URL)"
+    ]
+    bad = errors(d, "state:\n  backend: redis\n  redis_url: redis+cluster://n1:x,n2\n")
+    assert len(bad) == 1 and "invalid host 'n1:x'" in bad[0]
 
 
 def test_redis_password_is_masked_in_repr(d: Path) -> None:
