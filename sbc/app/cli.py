@@ -1,13 +1,15 @@
 """The ``sbc`` command line.
 
-``sbc run -c FILE``, ``sbc check-config FILE``, ``sbc certs init|client`` and ``sbc version``.
+``sbc run -c FILE``, ``sbc check-config FILE``, ``sbc check-rules [FILE...] [-c CONFIG]``,
+``sbc certs init|client`` and ``sbc version``.
 :func:`main` returns the exit status instead of exiting, so tests call it in-process; the console
 script (``sbc = sbc.app.cli:main``) passes it to ``sys.exit``.
 
 Exit statuses: 0 success; 1 a check or a command failed (invalid configuration for
-``check-config``, files in the way for ``certs``); 2 usage errors and an invalid configuration for
-``run``; whatever ``sbc.app.service.run`` returns otherwise.  Operator mistakes never print a
-traceback.  Twisted (and its reactor) is imported only by the commands that need it.
+``check-config``, invalid rules for ``check-rules``, files in the way for ``certs``); 2 usage
+errors and an invalid configuration for ``run`` (or for ``check-rules -c``); whatever ``sbc.app.service.run`` returns
+otherwise.  Operator mistakes never print a traceback.  Twisted (and its reactor) is imported
+only by the commands that need it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
+
+    rules = commands.add_parser(
+        "check-rules", help="validate rule files (default: the configuration's rules.files)"
+    )
+    rules.add_argument("files", nargs="*", metavar="FILE", help="rule files")
+    rules.add_argument(
+        "-c", "--config", metavar="FILE", help="take the rule files from this configuration"
+    )
 
     certs_cmd = commands.add_parser("certs", help="development certificates")
     certs_sub = certs_cmd.add_subparsers(dest="certs_command", metavar="ACTION")
@@ -95,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "check-config":
         return cmd_check_config(args.file)
+    if args.command == "check-rules":
+        return cmd_check_rules(args.files, args.config)
     if args.command == "certs":
         if args.certs_command == "init":
             return cmd_certs_init(args)
@@ -160,6 +172,37 @@ def cmd_check_config(file: str) -> int:
     print(f"{file}: OK")
     for line in summary(config):
         print(f"  {line}")
+    return EXIT_OK
+
+
+def cmd_check_rules(files: Sequence[str], config_file: str | None) -> int:
+    """Validate rule files: each error as ``file:line:col: message (expected ...)`` on stderr and
+    exit 1 (like check-config), or a one-line summary on stdout and exit 0."""
+    from sbc.policy.loader import load_rules
+
+    paths: list[str] = list(files)
+    if not paths:
+        if config_file is None:
+            _err("check-rules: give rule files, or -c CONFIG to check its rules.files")
+            return EXIT_USAGE
+        try:
+            config = load_config(config_file)
+        except ConfigError as exc:
+            _print_config_errors(config_file, exc)
+            return EXIT_USAGE
+        paths = [str(path) for path in config.rules.paths()]
+    try:
+        ruleset = load_rules(paths)
+    except ConfigError as exc:
+        errors = exc.errors if isinstance(exc, ConfigErrors) else (exc,)
+        for each in errors:
+            print(each, file=sys.stderr)
+        print(f"check-rules: {len(errors)} error(s)", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug in a check must still not look like a crash to operators
+        _err(f"check-rules: internal error while checking ({type(exc).__name__}: {exc})")
+        return EXIT_FAILED
+    print(f"OK: {ruleset.summary()}")
     return EXIT_OK
 
 

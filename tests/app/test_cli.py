@@ -332,3 +332,102 @@ def test_run_without_a_service_module(
     err = capsys.readouterr().err
     assert "sbc: this build has no service to run (sbc.app.service is missing)" in err
     assert service.configs == []
+
+
+# -- check-rules ---------------------------------------------------------------------------------
+
+GOOD_RULES = """\
+lists:
+  premium: {kind: prefixes, items: ["+1900"]}
+rules:
+  - {id: scanner, on: request, match: {user_agent: sipvicious}, actions: [drop]}
+  - id: premium
+    on: call_start
+    mode: observe
+    match: {destination_prefix: {list: premium}}
+    actions: [reject]
+"""
+
+
+def test_check_rules_ok_prints_a_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Valid rule files print a one-line summary (rules, files, observe count), exit 0."""
+    a = tmp_path / "a.yaml"
+    a.write_text(GOOD_RULES)
+    b = tmp_path / "b.yaml"
+    b.write_text("rules:\n  - {id: other, on: connection, actions: [drop]}\n")
+    assert main(["check-rules", str(a), str(b)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "OK: 3 rules in 2 files (1 observe), 1 list, 0 feeds\n"
+    assert err == ""
+
+
+def test_check_rules_reports_every_error_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Invalid rule files print each error as file:line:col: message (expected ...), exit 1."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {id: a, on: request, actions: [bann]}\n"
+                   "  - {id: a, on: request, actions: [drop], count: {key: ip}}\n")
+    missing = tmp_path / "missing.yaml"
+    assert main(["check-rules", str(bad), str(missing)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{bad}:2:36: rules[0].actions[0]: unknown action 'bann', did you mean 'ban'? (expected "
+        "an action: allow, reject, drop, tarpit, ban, end_calls, lock_account, alert)",
+        f"{bad}:3:10: rules[1].id: duplicate rule id 'a' (first defined at {bad}:2:10) "
+        "(expected a rule id unique across all rule files)",
+        f"{bad}:3:43: rules[1].count.algorithm: missing required key 'algorithm' (expected one "
+        "of: fixed_window, sliding_window, token_bucket, concurrent, daily, "
+        "sequential_same_destination, duration)",
+        f"{bad}:3:56: rules[1].count.key: invalid value \"ip\" (expected one of: source_ip, "
+        "source_net24, username, account, trunk, destination_prefix, destination, global)",
+        f"{missing}:1:1: cannot read the file (No such file or directory) (expected a rule file)",
+        "check-rules: 5 error(s)",
+    ]
+
+
+def test_check_rules_takes_the_files_of_the_configuration(
+    minimal: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without files, -c CONFIG checks the configuration's rules.files (globs expanded)."""
+    rules_dir = minimal.parent / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "10-good.yaml").write_text(GOOD_RULES)
+    (rules_dir / "20-more.yaml").write_text("rules:\n  - {id: x, on: malformed, actions: [drop]}\n")
+    with minimal.open("a") as f:
+        f.write(f"rules: {{files: ['{rules_dir}/*.yaml']}}\n")
+    assert main(["check-rules", "-c", str(minimal)]) == 0
+    assert capsys.readouterr().out == "OK: 3 rules in 2 files (1 observe), 1 list, 0 feeds\n"
+
+
+def test_check_rules_with_a_bad_configuration_exits_2(
+    many_errors: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-rules -c with an invalid configuration prints its errors and exits 2."""
+    assert main(["check-rules", "-c", str(many_errors)]) == 2
+    err = capsys.readouterr().err
+    assert f"{many_errors}:3:7: node.id: invalid value" in err
+
+
+def test_check_rules_needs_files_or_a_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    """check-rules without files and without -c is a usage error (exit 2)."""
+    assert main(["check-rules"]) == 2
+    assert capsys.readouterr().err == (
+        "sbc: check-rules: give rule files, or -c CONFIG to check its rules.files\n")
+
+
+def test_check_rules_does_not_import_the_reactor(tmp_path: Path) -> None:
+    """check-rules runs without importing Twisted's reactor."""
+    rules = tmp_path / "r.yaml"
+    rules.write_text(GOOD_RULES)
+    code = (
+        "import sys; from sbc.app.cli import main; rc = main(['check-rules', sys.argv[1]]); "
+        "assert 'twisted.internet.reactor' not in sys.modules; sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(rules)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: 2 rules in 1 file")
