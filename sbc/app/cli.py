@@ -8,8 +8,8 @@ script (``sbc = sbc.app.cli:main``) passes it to ``sys.exit``.
 Exit statuses: 0 success; 1 a check or a command failed (invalid configuration for
 ``check-config``, invalid rules for ``check-rules``, files in the way for ``certs``); 2 usage
 errors and an invalid configuration for ``run`` (or for ``check-rules -c``); whatever
-``sbc.app.service.run`` returns otherwise.  Operator mistakes never print a traceback.  Twisted (and its reactor) is imported
-only by the commands that need it.
+``sbc.app.service.run`` returns otherwise.  Operator mistakes never print a traceback.  Twisted
+(and its reactor) is imported only by the commands that need it.
 """
 
 from __future__ import annotations
