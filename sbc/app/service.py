@@ -18,14 +18,17 @@ files that do not load are logged and ignored.
 from __future__ import annotations
 
 import gc
+import ipaddress
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import task
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from sbc import __version__
 from sbc.config import Config
@@ -39,11 +42,18 @@ from sbc.net.driver import Driver, b2bua_settings_from, media_settings_from
 from sbc.net.limits import ConnectionGuard, StreamLimits
 from sbc.net.media import MediaLoop, MediaPorts
 from sbc.net.outbound import Connector, Peer, client_tls_options
+from sbc.net.policy import TICK, PolicyGate
 from sbc.net.tls import ReloadableServerContext, TlsFiles
 from sbc.net.transport import SipDatagramProtocol, SipStreamFactory, SipTlsFactory
+from sbc.policy.engine import Engine
+from sbc.policy.loader import load_rules
 from sbc.sip.message import Limits
+from sbc.state.cache import LocalBanCache
+from sbc.state.memory import MemoryStore
+from sbc.state.redis_store import RedisStore
 
 log = Logger(namespace="sbc.service")
+security_log = Logger(namespace="sbc.security")
 
 STATS_INTERVAL = 60.0  # seconds between counter log lines
 
@@ -74,6 +84,23 @@ class Service:
     ports: list[IListeningPort] = field(default_factory=list)
     tls: ReloadableServerContext | None = None
     media: MediaLoop | None = None
+    gate: PolicyGate | None = None
+    rules: Any = None  # the configuration's RulesConfig: its globs are expanded again on reload
+
+    def reload_rules(self) -> bool:
+        """Load the rule files again; a broken file keeps the running rules (logged)."""
+        if self.gate is None:
+            log.info("rules reload requested but no rule files are configured")
+            return False
+        errors = self.gate.engine.reload([str(p) for p in self.rules.paths()])
+        if errors is not None:
+            self.core.counters["rules.reload_failed"] += 1
+            for error in getattr(errors, "errors", (errors,)):
+                log.error("rules not reloaded: {error}", error=str(error))
+            return False
+        self.core.counters["rules.reloaded"] += 1
+        log.info("rules reloaded: {summary}", summary=self.gate.engine.ruleset.summary())
+        return True
 
     def reload_tls(self) -> bool:
         """Re-read the TLS files for new handshakes; False (old files kept) if they do not load."""
@@ -136,6 +163,8 @@ def start(config: Config, reactor: Any) -> Service:
     driver = Driver(B2BUA(settings, ids, counters=core.counters, media=media), core, reactor)
     service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
                       driver=driver, media=media_loop)
+    service.gate = _policy_gate(config, settings, driver, core, reactor)
+    service.rules = config.rules
     driver.connector = _connector(config, settings, core, driver, reactor)
     try:
         for interface in (config.interfaces.external, config.interfaces.internal):
@@ -162,6 +191,80 @@ def start(config: Config, reactor: Any) -> Service:
         service.stop_listening()
         raise
     return service
+
+
+def _policy_gate(config: Config, settings: B2buaSettings, driver: Driver, core: StatelessCore,
+                 reactor: Any) -> PolicyGate | None:
+    """The rule engine over the configured store, wired to the driver; ``None`` without rule
+    files.  Raises ConfigError for a rule file that does not load."""
+    paths = [str(p) for p in config.rules.paths()]
+    if not paths:
+        log.warn("no rule files: requests are not rate limited and nothing is banned")
+        return None
+    ruleset = load_rules(paths)  # ConfigErrors: the process does not start
+    trusted = [*(net for peer in config.trusted_peers for net in peer.cidrs),
+               ipaddress.ip_network(settings.pbx.host)]
+    engine = Engine(ruleset, trusted)
+    cache = LocalBanCache()
+    threads = None
+    store: Any
+    if config.state.backend == "redis":
+        assert config.state.redis_url is not None
+        threads = ThreadPool(minthreads=1, maxthreads=4, name="sbc-store")
+        threads.start()
+        reactor.addSystemEventTrigger("during", "shutdown", threads.stop)
+
+        def health(healthy: bool, reason: str) -> None:
+            reactor.callFromThread(_store_health, healthy, reason, core)
+
+        store = RedisStore.from_url(config.state.redis_url, clock=time.monotonic,
+                                    on_health_change=health)
+        store.subscribe_bans(lambda event: reactor.callFromThread(cache.apply, event))
+    else:
+        store = MemoryStore()
+        store.subscribe_bans(cache.apply)
+    gate = PolicyGate(engine, store, cache, reactor, core.counters, threads=threads)
+    b2bua = driver.b2bua
+    gate.deliver = driver.deliver
+    gate.send = driver.send_raw
+    gate.end_calls = b2bua.end_calls
+    gate.registered = b2bua.registrar.registered_flow
+    gate.trunk_of = lambda origin, request: _trunk_of(settings, origin, request)
+    driver.gate = gate
+
+    def tick() -> None:
+        try:
+            gate.tick(b2bua.call_ticks(reactor.seconds(), TICK))
+        except Exception:
+            core.counters["internal.error"] += 1
+            log.failure("call ticks failed")
+        driver.flush()
+
+    ticks = task.LoopingCall(tick)
+    ticks.clock = reactor
+    ticks.start(TICK, now=False)
+    log.info("rules: {summary}; state: {backend}", summary=ruleset.summary(),
+             backend=config.state.backend)
+    return gate
+
+
+def _trunk_of(settings: B2buaSettings, origin: Any, request: Any) -> str | None:
+    """The trunk a new call comes from (external) or goes to (from the PBX, by route)."""
+    if origin.interface == EXTERNAL:
+        return next((t.name for t in settings.trunks if t.matches(origin)), None)
+    user = getattr(request.uri, "user", None)
+    route = settings.route(user) if user else None
+    return route.name if route is not None else None
+
+
+def _store_health(healthy: bool, reason: str, core: StatelessCore) -> None:
+    if healthy:
+        core.counters["state.recovered"] += 1
+        security_log.warn("the state store is reachable again", type="state.recovered")
+    else:
+        core.counters["state.unreachable"] += 1
+        security_log.warn("the state store is unreachable: {reason}", type="state.unreachable",
+                          reason=reason)
 
 
 def _connector(config: Config, settings: B2buaSettings, core: StatelessCore, driver: Driver,
@@ -261,6 +364,7 @@ def run(config: Config) -> int:
     def on_sighup(signum: int, frame: Any) -> None:
         # A signal handler may run between any two bytecodes: hand the work to the reactor.
         reactor.callFromThread(service.reload_tls)
+        reactor.callFromThread(service.reload_rules)
 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, on_sighup)

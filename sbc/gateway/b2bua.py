@@ -123,6 +123,7 @@ import enum
 import hashlib
 import heapq
 import ipaddress
+import re
 from collections import deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ from sbc.gateway.topology import crossing_headers, hide_sdp_body
 from sbc.ids import IdSource
 from sbc.media.relay import LegPolicy, MediaManager, MediaRefused, MediaSession
 from sbc.media.sdp import SessionDescription, parse_sdp
+from sbc.policy.model import AuthFailed, CallEnded, CallTick, PolicyEvent, ResponseSent
 from sbc.sip.dialog import Dialog, DialogError, initial_request
 from sbc.sip.headers import Headers, NameAddr, canonical_name
 from sbc.sip.message import (
@@ -186,6 +188,9 @@ NOT_RELAYED_IN_DIALOG = frozenset({"REFER", "SUBSCRIBE"})
 # Option tags whose meaning is tied to one hop or one dialog's identifiers: a B2BUA relaying the
 # header unchanged would promise what it cannot keep (reliable provisionals, Replaces of a dialog
 # id only one leg knows, GRUUs, outbound flows, Path).  They are removed from what crosses.
+# Final responses sent outside that the rule engine hears about (extension enumeration,
+# password guessing): no such user, forbidden, credentials needed or refused.
+POLICY_STATUSES = frozenset({401, 403, 404, 407, 484})
 LEG_BOUND_OPTION_TAGS = frozenset({"100rel", "replaces", "gruu", "outbound", "path", "join"})
 # Bodies that may cross inside a call besides SDP: they carry no addresses.
 CROSSING_BODY_TYPES = frozenset({
@@ -388,6 +393,8 @@ class Call:
     answered_at: float | None = None
     end_reason: str | None = None
     recorded: bool = False
+    account: str | None = None  # the caller's user (From), for the rule engine
+    destination: str | None = None  # the number called (Request-URI user)
 
     @property
     def a_key(self) -> tuple[str, str, str]:
@@ -460,6 +467,9 @@ class B2BUA:
         # Security events and call records for the edge to write (drained, bounded).
         self.events: deque[dict[str, object]] = deque(maxlen=10000)
         self.records: deque[dict[str, object]] = deque(maxlen=10000)
+        # Facts for the rule engine (auth failures, answers sent outside, calls that end).
+        self.policy_events: deque[PolicyEvent] = deque(maxlen=10000)
+        self._now = 0.0  # the last time an input carried
         self.layers = {
             EXTERNAL: TransactionLayer(settings.timers),
             INTERNAL: TransactionLayer(settings.timers),
@@ -524,6 +534,7 @@ class B2BUA:
 
     def receive(self, message: Request | Response, origin: Origin, now: float) -> None:
         """Handle one parsed message from ``origin``."""
+        self._now = now
         layer = self.layers[origin.interface]
         if isinstance(message, Response):
             txn = layer.receive_response(message, now)
@@ -550,6 +561,7 @@ class B2BUA:
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
+        self._now = now
         for layer in self.layers.values():
             for txn in layer.handle_timer(now):
                 self._pump(txn, now)
@@ -796,7 +808,8 @@ class B2BUA:
         )
         b_invite.headers.set("Max-Forwards", str(max_forwards - 1))
         call = Call(invite, origin, a_txn, a_tag, b_invite, peer, to_user=to_user,
-                    media=media, offer_in_invite=offer is not None, created_at=now)
+                    media=media, offer_in_invite=offer is not None, created_at=now,
+                    account=_user(invite.from_.uri), destination=_user(invite.uri))
         if media is not None:
             media.key = call
         b_invite.body = self._cross_sdp(call, invite, peer.interface, offer, now=now)
@@ -1215,6 +1228,7 @@ class B2BUA:
             outcome = self.registrar.on_pbx_response(relay.handle, response, now)
             if outcome.auth_failure:
                 self._count("register.auth_failure")
+                self._auth_failed(relay.request, relay.source, response.status)
             answer = self._register_answer(
                 relay.request, outcome, relay.to_tag, self._crossing(response.headers)
             )
@@ -1268,6 +1282,8 @@ class B2BUA:
         status = response.status
         if status >= 200:
             call.ring_deadline = None
+        if status in (401, 407) and not call.a_final_sent:
+            self._auth_failed(call.a_invite, call.a_peer, status)
         if status == 100:
             call.provisional = True  # hop by hop: the A-leg had its own 100 Trying
         elif status < 200:
@@ -1476,6 +1492,13 @@ class B2BUA:
         if call.media is not None and self.media is not None:
             media = self.media.close(call.media)
         a, b = call.a_peer, call.b_peer
+        answered = call.answered_at
+        self.policy_events.append(CallEnded(
+            source_ip=a.host, interface=a.interface,
+            transport=a.transport.lower(), call_id=call.a_invite.call_id,
+            duration=max(0.0, self._now - answered) if answered is not None else 0.0,
+            account=call.account, destination=call.destination,
+        ))
         self.records.append({
             "type": "call",
             "call_id": call.a_invite.call_id,
@@ -1489,6 +1512,70 @@ class B2BUA:
             "media": media,
         })
 
+    # -- the rule engine's hooks -------------------------------------------------------------
+
+    def _auth_failed(self, request: Request, source: Origin, status: int) -> None:
+        """The PBX refused the credentials ``request`` carried (RFC 3261 22.2/22.3)."""
+        if source.interface != EXTERNAL:
+            return
+        username = _digest_username(request)
+        if username is None:
+            return
+        self.policy_events.append(AuthFailed(
+            source_ip=source.host, interface=source.interface,
+            transport=source.transport.lower(), method=request.method,
+            username=username, status=status, ruri_user=_user(request.uri),
+            from_user=_user(request.from_.uri),
+            from_domain=getattr(request.from_.uri, "host", None),
+            user_agent=request.headers.get("user-agent"),
+        ))
+
+    def call_ticks(self, now: float, interval: float) -> list[CallTick]:
+        """A ``call_tick`` for every answered call (maximum duration enforced during the call)."""
+        self._now = now
+        out = []
+        for call in self._live.values():
+            if call.answered_at is None or call.state is CallState.ENDED:
+                continue
+            a = call.a_peer
+            out.append(CallTick(source_ip=a.host, interface=a.interface,
+                                transport=a.transport.lower(), call_id=call.a_invite.call_id,
+                                duration=now - call.answered_at, interval=interval,
+                                account=call.account, destination=call.destination))
+        return out
+
+    def end_calls(self, key: str, value: str, now: float) -> int:
+        """End the live calls whose ``key`` (``account``, ``call``, ``source_ip``) is ``value``,
+        for the rule engine: BYE on both legs of a confirmed call, CANCEL and 403 for one still
+        ringing.  Returns how many."""
+        self._now = now
+        ended = 0
+        for call in list(self._live.values()):
+            if key == "account":
+                hit = call.account == value
+            elif key == "call":
+                hit = call.a_invite.call_id == value
+            elif key == "source_ip":
+                hit = call.a_peer.host == value
+            else:
+                hit = False
+            if not hit:
+                continue
+            if call.state is CallState.CONFIRMED:
+                self._hangup(call, now, "ended by policy",
+                             'SIP;cause=403;text="Ended by policy"')
+                ended += 1
+            elif call.state is CallState.CALLING and not call.a_final_sent:
+                call.end_reason = "ended by policy"
+                if call.provisional and not call.cancel_pending:
+                    call.cancel_pending = True
+                    self._send_cancel(call, now)
+                elif not call.provisional:
+                    call.cancel_pending = True  # sent when the provisional comes
+                self._fail_a_leg(call, 403, now)
+                ended += 1
+        return ended
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _own(self, peer: Origin) -> SipAddress:
@@ -1496,6 +1583,15 @@ class B2BUA:
 
     def _send(self, peer: Origin, message: Request | Response) -> None:
         self._commands.append(Send(peer.interface, peer.transport, peer.address, message))
+        if (isinstance(message, Response) and message.status in POLICY_STATUSES
+                and peer.interface == EXTERNAL):
+            # What a scanner learns from: an answer outside that no user / wrong password.
+            self.policy_events.append(ResponseSent(
+                source_ip=peer.host, interface=peer.interface,
+                transport=peer.transport.lower(),
+                method=message.cseq.method, status=message.status,
+                to_user=_user(message.to.uri), from_user=_user(message.from_.uri),
+            ))
 
     def _start(
         self, request: Request, peer: Origin, call: Call | None, role: str, now: float, *,
@@ -1622,6 +1718,20 @@ def _stamp_received(request: Request, origin: Origin) -> None:
         request.headers.prepend("Via", stamp_received(top, origin.host, origin.port))
 
 
+_DIGEST_USERNAME = re.compile(r'(?i)\busername\s*=\s*"([^"]{1,128})"')
+
+
+def _digest_username(request: Request) -> str | None:
+    """The digest ``username`` of a request's Authorization or Proxy-Authorization."""
+    for name in ("authorization", "proxy-authorization"):
+        value = request.headers.get(name)
+        if value:
+            m = _DIGEST_USERNAME.search(value)
+            if m:
+                return m.group(1)
+    return None
+
+
 def _user(uri: object) -> str | None:
     if isinstance(uri, SipUri):
         return uri.user
@@ -1654,3 +1764,8 @@ __all__ = [
     "Trunk",
     "TrunkRoute",
 ]
+
+
+# Public names of the two request helpers, for the edge's rule-engine events.
+uri_user = _user
+digest_username = _digest_username

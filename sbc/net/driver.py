@@ -52,6 +52,7 @@ from sbc.gateway.registrar import RegistrationPolicy
 from sbc.gateway.stateless import StatelessCore
 from sbc.media.relay import MediaInterface, MediaSettings
 from sbc.net.outbound import Connector
+from sbc.net.policy import PolicyGate
 from sbc.sip.message import Request, Response
 from sbc.sip.transaction import TimerSettings
 
@@ -175,6 +176,7 @@ class Driver:
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         self.connector: Connector | None = None  # outbound connections (PBX over TCP/TLS)
+        self.gate: PolicyGate | None = None  # the rule engine (None: no rules loaded)
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -217,7 +219,6 @@ class Driver:
             self.counters[f"request.{message.method}"] += 1
         else:
             self.counters["response.received"] += 1
-        now = self.clock.seconds()
         identity: tuple[str, ...] = ()
         if transport == "tls":
             stream = self.streams.get((interface, source[0], source[1]))
@@ -226,13 +227,36 @@ class Driver:
                 sans = (*peer.dns_names, *peer.ip_addresses, *peer.uris)
                 identity = sans or ((peer.common_name,) if peer.common_name else ())
         origin = Origin(interface, transport, source[0], source[1], identity)
+        gate = self.gate
+        if gate is not None and isinstance(message, Request):
+            try:
+                gate.request(message, origin)  # delivers, refuses or holds it
+            except Exception:
+                self.counters["internal.error"] += 1
+                log.failure("the rule engine failed on a message from {source}",
+                            source=source[0])
+                self.deliver(message, origin)
+            return None
+        self.deliver(message, origin)
+        return None
+
+    def deliver(self, message: Request | Response, origin: Origin) -> None:
+        """Hand an admitted message to the B2BUA and write what it produced."""
         try:
-            self.b2bua.receive(message, origin, now)
+            self.b2bua.receive(message, origin, self.clock.seconds())
         except Exception:
             self.counters["internal.error"] += 1
-            log.failure("b2bua failed on a message from {source}", source=source[0])
+            log.failure("b2bua failed on a message from {source}", source=origin.host)
         self._flush()
-        return None
+
+    def send_raw(self, origin: Origin, data: bytes) -> None:
+        """Write bytes the edge made itself (a policy reject) back to ``origin``."""
+        command = Send(origin.interface, origin.transport, origin.address, None)  # type: ignore[arg-type]
+        try:
+            self._send(command, data)
+        except Exception:
+            self.counters["internal.error"] += 1
+            log.failure("cannot send a policy answer to {destination}", destination=origin.host)
 
     def _fire(self) -> None:
         self._timer = None
@@ -246,6 +270,10 @@ class Driver:
 
     # -- outputs ---------------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Write what the B2BUA produced outside an input (after call ticks ended calls)."""
+        self._flush()
+
     def _flush(self) -> None:
         b2bua = self.b2bua
         while b2bua.events:  # security events and call records: structured log lines
@@ -254,6 +282,15 @@ class Driver:
         while b2bua.records:
             record = b2bua.records.popleft()
             cdr_log.info("call record", **record)
+        gate = self.gate
+        while b2bua.policy_events:
+            fact = b2bua.policy_events.popleft()
+            if gate is not None:
+                try:
+                    gate.event(fact)
+                except Exception:
+                    self.counters["internal.error"] += 1
+                    log.failure("the rule engine failed on an event")
         try:
             commands = self.b2bua.commands()
         except Exception:

@@ -88,6 +88,10 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802 (Twisted API)
         source = (addr[0], addr[1])
+        driver = self.driver
+        gate = driver.gate if driver is not None else None
+        if gate is not None and gate.banned(source[0]):
+            return  # banned: dropped before parsing (counted by the gate)
         if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
             self.core.counters["keepalive.udp"] += 1  # NAT keepalives; nothing to answer
             return
@@ -99,6 +103,8 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
                     msg = parse_message(data, self.core.limits)
                 except SipParseError as err:
                     out = self.core.receive_error(err, source)
+                    if gate is not None:
+                        gate.malformed(source[0], self.interface, "udp", err.message)
                 else:
                     out = self.driver.receive(msg, self.interface, "udp", source)
         except Exception:
@@ -262,6 +268,10 @@ class SipStreamProtocol(protocol.Protocol):
                     event = self.framer.next_event()
                 except SipParseError as err:
                     out = self.core.receive_error(err, self.source)
+                    gate = self.driver.gate if self.driver is not None else None
+                    if gate is not None:
+                        gate.malformed(self.source[0], self.interface,
+                                       "tls" if self.tls else "tcp", err.message)
                     if out is not None:
                         self.send(out)
                     if err.fatal:
@@ -317,6 +327,10 @@ class SipStreamFactory(protocol.Factory):
     def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:  # noqa: N802
         ip = getattr(addr, "host", "")
         port = getattr(addr, "port", 0)
+        gate = self.driver.gate if self.driver is not None else None
+        if gate is not None and not gate.connection(ip, self.interface,
+                                                    "tls" if self.tls else "tcp"):
+            return None  # banned, or a connection rule dropped it
         if self.guard.admit(ip, self.clock.seconds()) != ev.ACCEPT:
             return None
         return SipStreamProtocol(self, (ip, port))

@@ -1,0 +1,311 @@
+"""The rule engine at the edge: where events are raised, verdicts applied and the store called.
+
+:class:`PolicyGate` owns the :class:`~sbc.policy.engine.Engine`, the store
+(:class:`~sbc.state.memory.MemoryStore` in process, or :class:`~sbc.state.redis_store.
+RedisStore` through a dedicated thread pool, never from the reactor thread) and the
+:class:`~sbc.state.cache.LocalBanCache` the store's ban notices keep current.  The transports
+and the driver call it at each step of a message's life:
+
+1. :meth:`banned` for every datagram and accepted connection, before anything is parsed (the
+   local ban cache only: no store round trip);
+2. :meth:`connection` for a new TCP/TLS connection and :meth:`malformed` for a message the
+   parser refused;
+3. :meth:`request` for every well-formed request: the ``request`` rules, then for a new call
+   (an INVITE outside a dialog) the ``call_start`` rules; the message reaches the B2BUA only when
+   both allow it.  Requests from one source stay in order: while one is being decided (a Redis
+   round trip), the next wait behind it;
+4. :meth:`event` for what the B2BUA reports afterwards (failed authentications, final responses
+   sent outside, calls that end) and, every :data:`TICK` seconds, a ``call_tick`` per live call.
+
+Side effects of a verdict are applied here: bans and account locks go to the store (a second
+round trip, fire and forget), ``end_calls`` to the B2BUA, and every rule that fired -- enforced
+or observed -- is a structured security event in the ``sbc.security`` log namespace with its
+evidence (the rule, the key, the counts).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from sbc.errors import SbcError
+from sbc.gateway.b2bua import digest_username as username_of
+from sbc.gateway.b2bua import uri_user as user_of
+from sbc.policy.engine import Engine
+from sbc.policy.model import (
+    CallStarting,
+    CallTick,
+    ConnectionOpened,
+    MessageMalformed,
+    PolicyEvent,
+    RequestReceived,
+    Verdict,
+)
+from sbc.sip.message import Request, build_response
+from sbc.state.base import Store, StoreError
+from sbc.state.cache import LocalBanCache
+
+log = Logger(namespace="sbc.policy")
+security_log = Logger(namespace="sbc.security")
+
+TICK = 10.0  # seconds between call_tick events for each live call
+MAX_QUEUED = 64  # requests held per source while one of its decisions is in flight
+
+
+class PolicyGate:
+    """See the module docstring.  ``deliver(message, origin)`` hands an admitted request to the
+    B2BUA; ``send(origin, data)`` writes a response the gate itself makes (a policy reject)."""
+
+    def __init__(self, engine: Engine, store: Store, cache: LocalBanCache, reactor: Any,
+                 counters: Any, *, threads: ThreadPool | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.cache = cache
+        self.reactor = reactor
+        self.counters = counters
+        self.threads = threads  # None: the store is called in place (the memory store)
+        self._busy: dict[str, deque[Callable[[], None]]] = {}
+        self.deliver: Callable[[Request, Any], None] | None = None
+        self.send: Callable[[Any, bytes], None] | None = None
+        self.end_calls: Callable[[str, str, float], int] | None = None
+        self.registered: Callable[[Any, float], bool] | None = None
+        self.trunk_of: Callable[[Any, Request], str | None] | None = None
+
+    # -- before parsing ---------------------------------------------------------------------
+
+    def banned(self, source_ip: str) -> bool:
+        """Whether a ban holds ``source_ip`` (or its /24): drop without parsing."""
+        if not len(self.cache):
+            return False
+        verdict = self.engine.pre_parse(source_ip, self.reactor.seconds(), self.cache)
+        if verdict is None:
+            return False
+        self.counters["policy.banned"] += 1
+        return True
+
+    def connection(self, source_ip: str, interface: str, transport: str) -> bool:
+        """A TCP/TLS connection was accepted: False to close it (a ``connection`` rule)."""
+        if self.banned(source_ip):
+            return False
+        allowed = True
+
+        def done(verdict: Verdict) -> None:
+            nonlocal allowed
+            allowed = verdict.allowed
+
+        self._evaluate(ConnectionOpened(source_ip=source_ip, interface=interface,
+                                        transport=transport), done)
+        return allowed  # a decision still in flight (Redis) admits the connection
+
+    def malformed(self, source_ip: str, interface: str, transport: str, reason: str) -> None:
+        self._evaluate(MessageMalformed(source_ip=source_ip, interface=interface,
+                                      transport=transport, reason=reason), _ignore)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request(self, request: Request, origin: Any) -> None:
+        """Decide ``request`` from ``origin`` and deliver, reject, hold or drop it."""
+        source = origin.host
+        queue = self._busy.get(source)
+        if queue is not None:
+            if len(queue) >= MAX_QUEUED:
+                self.counters["policy.queue_full"] += 1
+                return
+            queue.append(lambda: self._start(request, origin))
+            return
+        self._busy[source] = deque()
+        self._start(request, origin)
+
+    def _start(self, request: Request, origin: Any) -> None:
+        now = self.reactor.seconds()
+        event = self._request_event(request, origin, now)
+
+        def after_request(verdict: Verdict) -> None:
+            if not verdict.allowed:
+                self._refuse(request, origin, verdict)
+                self._next(origin.host)
+                return
+            if request.method == "INVITE" and request.to.tag is None:
+                self._evaluate(self._call_event(request, origin, event), after_call)
+                return
+            self._admit(request, origin)
+
+        def after_call(verdict: Verdict) -> None:
+            if verdict.allowed:
+                self._admit(request, origin)
+            else:
+                self._refuse(request, origin, verdict)
+                self._next(origin.host)
+
+        self._evaluate(event, after_request)
+
+    def _admit(self, request: Request, origin: Any) -> None:
+        try:
+            if self.deliver is not None:
+                self.deliver(request, origin)
+        finally:
+            self._next(origin.host)
+
+    def _next(self, source: str) -> None:
+        queue = self._busy.get(source)
+        if not queue:
+            self._busy.pop(source, None)
+            return
+        queue.popleft()()
+
+    def _refuse(self, request: Request, origin: Any, verdict: Verdict) -> None:
+        """Answer (reject), hold then answer or drop (tarpit), or say nothing (drop)."""
+        self.counters[f"policy.{verdict.action}"] += 1
+        if request.method == "ACK" or verdict.action == "drop":
+            return
+        code = verdict.code
+        if verdict.action == "tarpit":
+            if code is None:
+                return
+            self.reactor.callLater(verdict.delay, self._answer, request, origin, verdict, code)
+            return
+        self._answer(request, origin, verdict, code or 403)
+
+    def _answer(self, request: Request, origin: Any, verdict: Verdict, code: int) -> None:
+        extra: list[tuple[str, str]] = []
+        if verdict.retry_after is not None:
+            extra.append(("Retry-After", str(max(1, round(verdict.retry_after)))))
+        tag = None if request.to.tag is not None else "p" + str(abs(hash(request.call_id)))[:10]
+        response = build_response(request, code, verdict.reason or None, to_tag=tag, extra=extra)
+        if self.send is not None:
+            self.send(origin, response.to_bytes())
+
+    def _request_event(self, request: Request, origin: Any, now: float) -> RequestReceived:
+        from_ = request.from_
+        to = request.to
+        uri = request.uri
+        return RequestReceived(
+            source_ip=origin.host, interface=origin.interface,
+            transport=origin.transport.lower(),
+            method=request.method,
+            ruri_user=user_of(uri), ruri_domain=getattr(uri, "host", None),
+            from_user=user_of(from_.uri), from_domain=getattr(from_.uri, "host", None),
+            to_user=user_of(to.uri), to_domain=getattr(to.uri, "host", None),
+            user_agent=request.headers.get("user-agent"),
+            username=username_of(request),
+            registered=self.registered(origin, now) if self.registered is not None else None,
+        )
+
+    def _call_event(self, request: Request, origin: Any, seen: RequestReceived) -> CallStarting:
+        trunk = self.trunk_of(origin, request) if self.trunk_of is not None else None
+        return CallStarting(
+            source_ip=origin.host, interface=origin.interface,
+            transport=origin.transport.lower(),
+            call_id=request.call_id, account=seen.from_user, destination=seen.ruri_user,
+            trunk=trunk, from_user=seen.from_user, from_domain=seen.from_domain,
+            ruri_user=seen.ruri_user, ruri_domain=seen.ruri_domain,
+            user_agent=seen.user_agent, registered=seen.registered,
+        )
+
+    # -- what happened -------------------------------------------------------------------------
+
+    def event(self, event: PolicyEvent) -> None:
+        """A fact the B2BUA reports (auth failure, response sent, call ended): its side effects
+        (bans, locks, ended calls, alerts) apply; nothing waits for it."""
+        self._evaluate(event, _ignore)
+
+    def tick(self, calls: list[CallTick]) -> None:
+        for event in calls:
+            self._evaluate(event, _ignore)
+
+    # -- the engine and the store ------------------------------------------------------------
+
+    def _evaluate(self, event: PolicyEvent, done: Callable[[Verdict], None]) -> None:
+        now = self.reactor.seconds()
+        try:
+            plan = self.engine.plan(event, now)
+        except Exception:
+            self.counters["internal.error"] += 1
+            log.failure("the rule engine failed to plan an event")
+            done(Verdict())
+            return
+        if not plan.ops:
+            done(self._finish(event, self.engine.decide(plan, [], now), now))
+            return
+        if self.threads is None:
+            try:
+                results = self.store.execute(plan.ops, now)
+            except StoreError as e:
+                verdict = self.engine.decide_failed(plan, e, now, self.cache)
+                self.counters["policy.store_failed"] += 1
+            else:
+                verdict = self.engine.decide(plan, results, now)
+            done(self._finish(event, verdict, now))
+            return
+        d = deferToThreadPool(self.reactor, self.threads, self.store.execute, plan.ops, now)
+
+        def ok(results: Any) -> None:
+            done(self._finish(event, self.engine.decide(plan, results, now), now))
+
+        def failed(failure: Any) -> None:
+            error = failure.value
+            if not isinstance(error, SbcError):
+                log.failure("the state store failed", failure)
+            self.counters["policy.store_failed"] += 1
+            done(self._finish(event, self.engine.decide_failed(plan, error, now, self.cache),
+                              now))
+
+        d.addCallbacks(ok, failed)
+        d.addErrback(lambda f: log.failure("applying a verdict failed", f))
+
+    def _finish(self, event: PolicyEvent, verdict: Verdict, now: float) -> Verdict:
+        """Apply the verdict's side effects and log its evidence; return it."""
+        followup = verdict.followup_ops()
+        if followup:
+            self._run(followup, now)
+        for firing in verdict.fired:
+            self.counters[f"policy.fired.{firing.rule_id}"] += 1
+            security_log.warn(
+                "rule {rule} fired ({mode}, {severity}) for {source}",
+                type="policy.fired", rule=firing.rule_id, mode=firing.mode, severity=firing.level,
+                subject=firing.key, counts=dict(firing.counts), actions=list(firing.actions),
+                note=firing.note, source=event.source_ip, event=event.kind,
+                disposition=verdict.action if firing.rule_id == verdict.rule_id else None,
+            )
+        for ban in verdict.bans:
+            self.counters["policy.ban"] += 1
+            security_log.warn("ban {subject}", type="policy.ban", subject=ban.key,
+                              source=event.source_ip, reason=ban.reason)
+        for lock in verdict.locks:
+            self.counters["policy.lock"] += 1
+            security_log.warn("account lock {subject}", type="policy.lock", subject=lock.key,
+                              source=event.source_ip, reason=lock.reason)
+        for alert in verdict.alerts:
+            self.counters[f"policy.alert.{alert.level}"] += 1
+            security_log.warn("alert {rule}: {message}", type="policy.alert",
+                              rule=alert.rule_id, severity=alert.level, subject=alert.key,
+                              message=alert.message, counts=dict(alert.counts),
+                              source=event.source_ip)
+        for end in verdict.end_calls:
+            if self.end_calls is not None:
+                ended = self.end_calls(end.key, end.value, now)
+                self.counters["policy.calls_ended"] += ended
+                security_log.warn("calls ended: {by}={value} ({count})",
+                                  type="policy.end_calls", by=end.key, value=end.value,
+                                  count=ended, rule=end.rule_id, source=event.source_ip)
+        return verdict
+
+    def _run(self, ops: list[Any], now: float) -> None:
+        """Fire-and-forget ops (bans, locks, released leases)."""
+        if self.threads is None:
+            try:
+                self.store.execute(ops, now)
+            except StoreError:
+                self.counters["policy.store_failed"] += 1
+            return
+        d = deferToThreadPool(self.reactor, self.threads, self.store.execute, ops, now)
+        d.addErrback(lambda f: self.counters.update({"policy.store_failed": 1}))
+
+
+def _ignore(verdict: Verdict) -> None:
+    return None
