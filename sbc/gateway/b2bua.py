@@ -1524,7 +1524,7 @@ class B2BUA:
         self.policy_events.append(AuthFailed(
             source_ip=source.host, interface=source.interface,
             transport=source.transport.lower(), method=request.method,
-            username=username, status=status, ruri_user=_user(request.uri),
+            username=username, account=username, status=status, ruri_user=_user(request.uri),
             from_user=_user(request.from_.uri),
             from_domain=getattr(request.from_.uri, "host", None),
             user_agent=request.headers.get("user-agent"),

@@ -88,12 +88,14 @@ class RequestReceived(PolicyEvent):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthFailed(PolicyEvent):
     """The PBX answered ``status`` (401/407) to a request that carried credentials for
-    ``username``: a failed password guess."""
+    ``username``: a failed password guess.  ``account`` is the account those credentials are
+    for (the digest username), so a rule may lock it."""
 
     kind: ClassVar[str] = "auth_failure"
     method: str
     username: str
     status: int = 401
+    account: str | None = None
     ruri_user: str | None = None
     from_user: str | None = None
     from_domain: str | None = None
