@@ -228,6 +228,7 @@ def _policy_gate(config: Config, settings: B2buaSettings, driver: Driver, core: 
     gate.deliver = driver.deliver
     gate.send = driver.send_raw
     gate.end_calls = b2bua.end_calls
+    gate.flush = driver.flush
     gate.registered = b2bua.registrar.registered_flow
     gate.trunk_of = lambda origin, request: _trunk_of(settings, origin, request)
     driver.gate = gate

@@ -75,6 +75,7 @@ class PolicyGate:
         self.end_calls: Callable[[str, str, float], int] | None = None
         self.registered: Callable[[Any, float], bool] | None = None
         self.trunk_of: Callable[[Any, Request], str | None] | None = None
+        self.flush: Callable[[], None] | None = None  # write what ending calls produced
 
     # -- before parsing ---------------------------------------------------------------------
 
@@ -286,6 +287,8 @@ class PolicyGate:
                               rule=alert.rule_id, severity=alert.level, subject=alert.key,
                               message=alert.message, counts=dict(alert.counts),
                               source=event.source_ip)
+        if verdict.end_calls and self.flush is not None:
+            self.reactor.callLater(0, self.flush)  # the BYEs go now, not with the next message
         for end in verdict.end_calls:
             if self.end_calls is not None:
                 ended = self.end_calls(end.key, end.value, now)
