@@ -47,7 +47,7 @@ from sbc.policy.model import (
     Verdict,
 )
 from sbc.sip.message import Request, build_response
-from sbc.state.base import Store, StoreError
+from sbc.state.base import BanNotice, SetBan, Store, StoreError
 from sbc.state.cache import LocalBanCache
 
 log = Logger(namespace="sbc.policy")
@@ -76,6 +76,7 @@ class PolicyGate:
         self.registered: Callable[[Any, float], bool] | None = None
         self.trunk_of: Callable[[Any, Request], str | None] | None = None
         self.flush: Callable[[], None] | None = None  # write what ending calls produced
+        self._quiet: dict[str, float] = {}  # rule id -> until when its store failures are quiet
 
     # -- before parsing ---------------------------------------------------------------------
 
@@ -266,6 +267,10 @@ class PolicyGate:
             self._run(followup, now)
         for firing in verdict.fired:
             self.counters[f"policy.fired.{firing.rule_id}"] += 1
+            if firing.level == "unknown":  # skipped for a store failure: logged once a minute
+                if self._quiet.get(firing.rule_id, 0.0) > now:
+                    continue
+                self._quiet[firing.rule_id] = now + 60.0
             security_log.warn(
                 "rule {rule} fired ({mode}, {severity}) for {source}",
                 type="policy.fired", rule=firing.rule_id, mode=firing.mode, severity=firing.level,
@@ -299,15 +304,26 @@ class PolicyGate:
         return verdict
 
     def _run(self, ops: list[Any], now: float) -> None:
-        """Fire-and-forget ops (bans, locks, released leases)."""
+        """Fire-and-forget ops (bans, locks, released leases).  A ban or lock the store could
+        not take still holds on this node: it goes into the local cache (other nodes learn it
+        only from the store, so a note says so)."""
         if self.threads is None:
             try:
                 self.store.execute(ops, now)
             except StoreError:
-                self.counters["policy.store_failed"] += 1
+                self._not_stored(ops, now)
             return
         d = deferToThreadPool(self.reactor, self.threads, self.store.execute, ops, now)
-        d.addErrback(lambda f: self.counters.update({"policy.store_failed": 1}))
+        d.addErrback(lambda f: self._not_stored(ops, now))
+
+    def _not_stored(self, ops: list[Any], now: float) -> None:
+        self.counters["policy.store_failed"] += 1
+        for op in ops:
+            if isinstance(op, SetBan):
+                self.cache.apply(BanNotice(op.key, now + op.duration, reason=op.reason))
+                self.counters["policy.ban_local_only"] += 1
+                security_log.warn("ban {subject} held on this node only: the store is down",
+                                  type="policy.ban_local_only", subject=op.key)
 
 
 def _ignore(verdict: Verdict) -> None:
