@@ -22,11 +22,13 @@ import ipaddress
 import os
 import signal
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import task
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -46,7 +48,7 @@ from sbc.net.policy import TICK, PolicyGate
 from sbc.net.tls import ReloadableServerContext, TlsFiles
 from sbc.net.transport import SipDatagramProtocol, SipStreamFactory, SipTlsFactory
 from sbc.policy.engine import Engine
-from sbc.policy.loader import load_rules
+from sbc.policy.loader import MAX_FEED_BYTES, load_rules
 from sbc.sip.message import Limits
 from sbc.state.cache import LocalBanCache
 from sbc.state.memory import MemoryStore
@@ -165,6 +167,7 @@ def start(config: Config, reactor: Any) -> Service:
                       driver=driver, media=media_loop)
     service.gate = _policy_gate(config, settings, driver, core, reactor)
     service.rules = config.rules
+    _watch_rules(service, reactor)
     driver.connector = _connector(config, settings, core, driver, reactor)
     try:
         for interface in (config.interfaces.external, config.interfaces.internal):
@@ -244,9 +247,85 @@ def _policy_gate(config: Config, settings: B2buaSettings, driver: Driver, core: 
     ticks = task.LoopingCall(tick)
     ticks.clock = reactor
     ticks.start(TICK, now=False)
+    feeds = task.LoopingCall(_refresh_feeds, engine, reactor, core)
+    feeds.clock = reactor
+    feeds.start(FEED_CHECK, now=True)
     log.info("rules: {summary}; state: {backend}", summary=ruleset.summary(),
              backend=config.state.backend)
     return gate
+
+
+FEED_CHECK = 30.0  # seconds between checks for feeds due a refresh
+FEED_MAX_BYTES = MAX_FEED_BYTES  # a threat feed larger than this is refused
+RULES_CHECK = 2.0  # seconds between checks of the rule files' modification times
+
+
+def _refresh_feeds(engine: Engine, reactor: Any, core: StatelessCore) -> None:
+    """Fetch the feeds that are due (a file read in place, a URL in a thread) and swap them
+    in; a failed or mostly-garbage fetch keeps the old content and is logged."""
+    now = reactor.seconds()
+    for feed in engine.feeds_due(now):
+        feed.updated_at = now  # due again after refresh, whatever happens now
+
+        def apply(text: str, name: str = feed.name) -> None:
+            result = engine.ruleset.apply_feed(name, text, reactor.seconds())
+            core.counters["rules.feed_updated" if result.applied else "rules.feed_rejected"] += 1
+            log.info("feed {name}: {count} networks{kept}", name=name, count=result.count,
+                     kept="" if result.applied else " (rejected: old content kept)")
+
+        def failed(reason: Any, name: str = feed.name) -> None:
+            core.counters["rules.feed_failed"] += 1
+            log.warn("feed {name} not refreshed: {reason}", name=name,
+                     reason=str(getattr(reason, "value", reason)))
+
+        if feed.path is not None:
+            try:
+                with open(feed.path, "rb") as f:
+                    apply(f.read(FEED_MAX_BYTES).decode("utf-8", "replace"))
+            except OSError as e:
+                failed(e)
+        elif feed.url is not None:
+            d = deferToThread(_fetch, feed.url)
+            d.addCallbacks(apply, failed)
+
+
+def _fetch(url: str) -> str:
+    """A feed's text over HTTP(S), at most :data:`FEED_MAX_BYTES` (run in a thread)."""
+    with urllib.request.urlopen(url, timeout=15) as response:  # noqa: S310 -- operator's URL
+        data = response.read(FEED_MAX_BYTES + 1)
+    if len(data) > FEED_MAX_BYTES:
+        raise ValueError(f"larger than {FEED_MAX_BYTES} bytes")
+    return str(data.decode("utf-8", "replace"))
+
+
+def _watch_rules(service: Service, reactor: Any) -> None:
+    """Reload the rules when one of their files (or the lists they read) changes."""
+    gate = service.gate
+    if gate is None:
+        return
+    stamps: dict[str, float] = {}
+
+    def stat_all() -> dict[str, float]:
+        out = {}
+        for path in gate.engine.ruleset.watched:
+            try:
+                out[path] = os.stat(path).st_mtime
+            except OSError:
+                out[path] = -1.0
+        return out
+
+    stamps.update(stat_all())
+
+    def check() -> None:
+        now = stat_all()
+        if now != stamps:
+            stamps.clear()
+            service.reload_rules()
+            stamps.update(stat_all())  # the reloaded set may watch other files
+
+    loop = task.LoopingCall(check)
+    loop.clock = reactor
+    loop.start(RULES_CHECK, now=False)
 
 
 def _trunk_of(settings: B2buaSettings, origin: Any, request: Any) -> str | None:

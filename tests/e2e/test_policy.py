@@ -135,3 +135,54 @@ def test_register_rate_limit_answers_429_with_retry_after(policy_sbc) -> None:
     answer = _ask(phone, _request("REGISTER", phone, sbc.sip_port, 4), sbc.sip_port, 2.0)
     assert answer is not None and answer.startswith(b"SIP/2.0 429 Too Many Requests\r\n")
     assert b"\r\nRetry-After: 30\r\n" in answer
+
+
+FEED_RULES = """\
+feeds:
+  blocklist:
+    file: blocklist.txt
+    refresh: 1m
+rules:
+  - id: blocklisted
+    on: request
+    match:
+      source: {list: blocklist}
+    actions: [drop]
+"""
+
+
+def test_rules_follow_their_files_and_feeds(tmp_path: Path) -> None:
+    """A threat feed read from a file drops its addresses; editing the rule file reloads the
+    rules within seconds, and a broken edit keeps the running rules and logs the error."""
+    (tmp_path / "blocklist.txt").write_text("# test feed\n127.0.0.9\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(FEED_RULES)
+    pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pbx.bind(("127.0.0.1", 0))
+    ports = dict(sip=free_port(socket.SOCK_DGRAM), tls=0, internal=free_port(socket.SOCK_DGRAM),
+                 pbx=pbx.getsockname()[1])
+    listed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listed.bind(("127.0.0.9", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.10", 0))
+    try:
+        with launched_sbc(tmp_path, CONFIG.format(rules=rules, **ports), tmp_path, ports) as sbc:
+            port = sbc.sip_port
+            assert _ask(listed, _request("OPTIONS", listed, port, 1), port) is None
+            answer = _ask(other, _request("OPTIONS", other, port, 2), port, 2.0)
+            assert answer is not None and answer.startswith(b"SIP/2.0 200 ")
+
+            # An edit that does not load: the running rules stay (the feed still drops).
+            rules.write_text(FEED_RULES + "  - id: broken\n    on: nowhere\n")
+            assert wait_until(lambda: "rules not reloaded" in sbc.log.read_text(), attempts=60)
+            assert _ask(listed, _request("OPTIONS", listed, port, 3), port) is None
+
+            # A good edit: every OPTIONS is now refused with 403, from anyone.
+            rules.write_text(FEED_RULES + "  - id: no-options\n    on: request\n"
+                             "    match: {method: OPTIONS}\n    actions: [reject]\n")
+            assert wait_until(lambda: "rules reloaded" in sbc.log.read_text(), attempts=60)
+            answer = _ask(other, _request("OPTIONS", other, port, 4), port, 2.0)
+            assert answer is not None and answer.startswith(b"SIP/2.0 403 ")
+    finally:
+        for s in (pbx, listed, other):
+            s.close()
