@@ -178,9 +178,27 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def shipped_rules(workdir: Path) -> Path:
+    """A copy of rules/ whose admission limits (calls per second and concurrent calls, which
+    would cap the benchmark at 50 calls/s) are raised out of reach: every rule is still
+    evaluated and counts, so what is measured is the policy's cost, not its limits."""
+    target = workdir / "rules"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(Path(__file__).resolve().parent.parent / "rules", target)
+    admission = target / "15-admission.yaml"
+    text = re.sub(r"rate: \d+/s, burst: \d+", "rate: 1000000/s, burst: 1000000",
+                  admission.read_text())
+    text = re.sub(r"algorithm: concurrent, limit: \d+", "algorithm: concurrent, limit: 1000000",
+                  text)
+    admission.write_text(text)
+    return target
+
+
 def measure(sipp: str, args: argparse.Namespace, workdir: Path,
-            through_sbc: bool) -> tuple[int, list[Step]]:
-    """Start a sipp UAS (and, through_sbc, an sbc in front of it) and search the max rate."""
+            through_sbc: bool, policy: bool = False) -> tuple[int, list[Step]]:
+    """Start a sipp UAS (and, through_sbc, an sbc in front of it) and search the max rate;
+    ``policy`` loads the shipped rules (admission limits raised) into the sbc."""
     uas_port = free_port()
     sipp_transport = "t1" if args.transport == "tls" else args.transport
     uas_transport = "u1" if through_sbc else sipp_transport  # sbc reaches the PBX over UDP
@@ -198,8 +216,11 @@ def measure(sipp: str, args: argparse.Namespace, workdir: Path,
                 subprocess.run([*sbc_command(), "certs", "init", "--dir", str(certs)],
                                check=True, capture_output=True, timeout=60)
             config = workdir / "sbc.yaml"
-            config.write_text(SBC_CONFIG.format(
-                certs=certs, tls_on=str(args.transport == "tls").lower(), **ports))
+            text = SBC_CONFIG.format(certs=certs, tls_on=str(args.transport == "tls").lower(),
+                                     **ports)
+            if policy:
+                text += f"rules:\n  files: [\"{shipped_rules(workdir)}/*.yaml\"]\n"
+            config.write_text(text)
             env = dict(os.environ)
             if args.profile:
                 env["SBC_PROFILE"] = str(Path(args.profile).resolve())
@@ -234,6 +255,12 @@ def measure(sipp: str, args: argparse.Namespace, workdir: Path,
         stop(uas)
 
 
+def _cpu_per_call(steps: list[Step]) -> float | None:
+    passed = [s for s in steps if s.ok]
+    calls = sum(s.successful for s in passed)
+    return round(sum(s.sbc_cpu_s for s in passed) / calls, 6) if calls else None
+
+
 def _listening(port: int) -> bool:
     """Is something listening on 127.0.0.1:port?  Checked without connecting (a connection to
     socat would make it open a TLS connection to the SBC): from /proc/net/tcp."""
@@ -256,6 +283,9 @@ def main() -> int:
     ap.add_argument("--max-rate", type=int, default=20000)
     ap.add_argument("--bisect-steps", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--policy", action="store_true",
+                    help="also measure through the sbc with the shipped rules loaded (admission "
+                         "limits raised), and report the ratio to the run without rules")
     ap.add_argument("--profile", metavar="FILE",
                     help="run the sbc under cProfile, write the stats to FILE and print the "
                          "top functions (the profiler slows it down: use for where, not how "
@@ -269,6 +299,8 @@ def main() -> int:
         workdir = Path(tmp)
         best, steps = measure(sipp, args, workdir, through_sbc=False)
         sbc_best, sbc_steps = measure(sipp, args, workdir, through_sbc=True)
+        policy_best, policy_steps = (measure(sipp, args, workdir, through_sbc=True, policy=True)
+                                     if args.policy else (None, []))
     passed = [s for s in sbc_steps if s.ok]
     calls = sum(s.successful for s in passed)
     cpu_per_call = sum(s.sbc_cpu_s for s in passed) / calls if calls else None
@@ -279,6 +311,8 @@ def main() -> int:
               "through_sbc_max_cps_under_1pct_failed": sbc_best,
               "ratio_through_sbc_to_direct": ratio,
               "sbc_cpu_s_per_call": None if cpu_per_call is None else round(cpu_per_call, 6),
+              "with_policy_max_cps_under_1pct_failed": policy_best,
+              "with_policy_cpu_s_per_call": _cpu_per_call(policy_steps),
               "steps": [asdict(s) | {"ok": s.ok} for s in steps],
               "sbc_steps": [asdict(s) | {"ok": s.ok} for s in sbc_steps]}
     if args.json:
@@ -299,6 +333,17 @@ def main() -> int:
         print(f"ratio through sbc / direct: {ratio}")
         per_call = "n/a" if cpu_per_call is None else f"{cpu_per_call * 1000:.3f} ms"
         print(f"sbc CPU per call (steps that passed): {per_call}")
+        if args.policy:
+            with_cpu = _cpu_per_call(policy_steps)
+            print(f"through sbc with the shipped policy: max {policy_best} calls/s with <1% "
+                  f"failed, sbc CPU per call "
+                  f"{'n/a' if with_cpu is None else f'{with_cpu * 1000:.3f} ms'}")
+            for s in policy_steps:
+                print(f"  rate {s.rate:>6}: {s.successful}/{s.calls} ok, {s.failed} failed, "
+                      f"achieved {s.achieved_cps:.1f} cps, SBC CPU {s.sbc_cpu_s}s "
+                      f"{'ok' if s.ok else 'FAIL'}")
+            if policy_best and sbc_best:
+                print(f"ratio with policy / without: {policy_best / sbc_best:.3f}")
     if args.profile and Path(args.profile).exists():
         import pstats
 

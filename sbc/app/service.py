@@ -150,10 +150,9 @@ def start(config: Config, reactor: Any) -> Service:
     media_loop = MediaLoop(reactor, core.counters, reactor.seconds)
     media_settings = media_settings_from(config)
     pr = config.media.port_range
-    pool = PortPool(pr.start, pr.end, (EXTERNAL, INTERNAL))
-    ports = MediaPorts(media_loop, pool, {
-        EXTERNAL: config.media.external.address, INTERNAL: config.media.internal.address,
-    }, reactor.seconds)
+    bind = {EXTERNAL: config.media.external.address, INTERNAL: config.media.internal.address}
+    pool = PortPool(pr.start, pr.end, sorted(set(bind.values())))  # one pool per bind address
+    ports = MediaPorts(media_loop, pool, bind, reactor.seconds)
     media = MediaManager(media_settings, ports, counters=core.counters)
     missing = [s for s in config.media.suites if s not in srtp.SUPPORTED_SUITES]
     if missing:

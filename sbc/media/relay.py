@@ -64,7 +64,7 @@ from typing import Any, Literal, Protocol
 from sbc.errors import SbcError, SdpError
 from sbc.media import srtp
 from sbc.media.sdes import CryptoAttribute
-from sbc.media.sdp import MediaDescription, SessionDescription, parse_sdp
+from sbc.media.sdp import Attribute, MediaDescription, SessionDescription, parse_sdp
 
 SrtpPolicy = Literal["require", "optional", "none"]
 Address = tuple[str, int]
@@ -85,6 +85,7 @@ DROPPED_ATTRIBUTES = (
     "ice-options", "ice-lite", "ice-mismatch", "ice-pacing", "fingerprint", "setup",
     "tls-id", "rtcp", "rtcp-mux", "rtcp-rsize", "crypto",
 )
+_DROPPED = frozenset(DROPPED_ATTRIBUTES)
 RTP_PROFILES = {"RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"}
 DROP_REASONS = ("malformed", "source", "auth", "replay", "crypto", "rate", "no_peer", "expired")
 
@@ -156,7 +157,8 @@ class PortAllocator(Protocol):
 
 
 class PortPool:
-    """The free even ports of a range, per interface, handed out least recently used first.
+    """The free even ports of a range, per pool key (the edge uses the bind address, so two
+    interfaces on one address share it), handed out least recently used first.
 
     A released pair goes to the back of the queue and is not handed out again for
     ``quarantine`` seconds, so packets still on their way to the previous call (its peer has
@@ -880,8 +882,7 @@ class MediaManager:
             dst.offered = []
             offer_keys = []
         dst.offered_mux = m_in.rtcp_mux
-        _rewrite(m_out, dst_ep, dst.proto, offer_keys, mux=m_in.rtcp_mux,
-                 address=self.settings.interfaces[dst_ep.interface].public)
+        _rewrite(m_out, dst_ep, dst.proto, offer_keys, mux=m_in.rtcp_mux)
 
     def _apply_answer(self, session: MediaSession, stream: Stream, from_leg: str, offerer: str,
                       m_in: MediaDescription, m_out: MediaDescription, now: float) -> None:
@@ -920,8 +921,7 @@ class MediaManager:
                                       srtp.answer_crypto(off.their_key, self.random))
             assert off.our_key is not None
             answer_keys = [off.our_key]
-        _rewrite(m_out, off_ep, off.proto, answer_keys, mux=off.offered_mux,
-                 address=self.settings.interfaces[off_ep.interface].public)
+        _rewrite(m_out, off_ep, off.proto, answer_keys, mux=off.offered_mux)
         off_ep.mux = off.offered_mux
         if off_ep.signalled_rtp is not None and off.offered_mux:
             off_ep.remote_rtcp = off_ep.remote_rtp
@@ -991,14 +991,12 @@ def _refusable(m: MediaDescription) -> bool:
 def _reject_media(m: MediaDescription) -> None:
     """Port 0 (RFC 3264 6), keeping the formats; nothing of the far side's addresses."""
     m.set_port(0)
-    for name in DROPPED_ATTRIBUTES:
-        m.remove_attributes(name)
+    m.remove_attributes_named(_DROPPED)
 
 
 def _strip_session(sdp: SessionDescription) -> None:
     """Session-level ICE and DTLS attributes (RFC 8839 5.4, RFC 8122 5) do not cross either."""
-    for name in DROPPED_ATTRIBUTES:
-        sdp.remove_attributes(name)
+    sdp.remove_attributes_named(_DROPPED)
 
 
 def _placeholder(session: MediaSession, index: int) -> Stream:
@@ -1044,21 +1042,17 @@ def _set_clock(ep: Endpoint, m: MediaDescription) -> None:
 
 
 def _rewrite(m: MediaDescription, ep: Endpoint, proto: str, keys: Sequence[CryptoAttribute],
-             *, mux: bool, address: str) -> None:
+             *, mux: bool) -> None:
     """``m`` as the SBC's own stream on ``ep``'s leg."""
-    line = m.media_line
-    if line.proto != proto:
-        m._set_media_line(dataclasses.replace(line, proto=proto))
-    m.set_port(ep.port)
-    for name in DROPPED_ATTRIBUTES:
-        m.remove_attributes(name)
-    if m.connection is not None:  # the session-level c= was rewritten by the caller
-        m.set_connection_address(address)
-    m.set_rtcp(ep.port + 1)
+    # Every c= line (session and media level) was pointed at ``address`` by the caller.
+    m._set_media_line(dataclasses.replace(m.media_line, proto=proto, port=ep.port,
+                                          port_count=None))
+    m.remove_attributes_named(_DROPPED)
+    added = [Attribute("rtcp", str(ep.port + 1))]  # RFC 3605
     if mux:
-        m.add_attribute("rtcp-mux")
-    if keys:
-        m.set_crypto(keys)
+        added.append(Attribute("rtcp-mux"))  # RFC 5761
+    added.extend(Attribute("crypto", key.to_str()) for key in keys)
+    m.extend_attributes(added)
 
 
 def _answered_crypto(answered: Sequence[CryptoAttribute], offered: Sequence[CryptoAttribute]

@@ -44,7 +44,7 @@ Liberal where harmless, strict where it matters (RFC 8866 section 5 and 9):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
@@ -693,6 +693,21 @@ class _Section:
     def remove_attributes(self, name: str) -> int:
         """Remove every attribute called ``name``; return how many were removed."""
         return self._replace_attributes(lambda a: a.name == name, [])
+
+    def remove_attributes_named(self, names: Collection[str]) -> int:
+        """Remove every attribute whose name is in ``names``, in one pass; return how many."""
+        kept = [line for line in self._lines
+                if line.type != "a" or line.value.partition(":")[0] not in names]
+        removed = len(self._lines) - len(kept)
+        if removed:
+            self._set_lines(kept)
+        return removed
+
+    def extend_attributes(self, attributes: Iterable[Attribute]) -> None:
+        """Append ``attributes`` at the end of this section (one validation for all)."""
+        new = [_typed_line("a", a, Attribute.parse) for a in attributes]
+        if new:
+            self._set_lines([*self._lines, *new])
 
     def replace_attributes(self, name: str, attributes: Iterable[Attribute]) -> None:
         """Replace every ``a=name`` line by ``attributes``, placed where the first one was.

@@ -168,38 +168,39 @@ class MediaPorts:
         self.taken: dict[Endpoint, tuple[str, int]] = {}
 
     def allocate(self, interface: str, endpoint: Endpoint) -> int | None:
+        # The pool is per bind address: two interfaces on one address share its ports.
         address = self.addresses[interface]
         now = self.clock()
         for _ in range(BIND_ATTEMPTS):
-            port = self.pool.take(interface, now)
+            port = self.pool.take(address, now)
             if port is None:
                 return None
             try:
                 rtp = _bind(address, port)
             except OSError as e:
-                self._busy(interface, port, now, e)
+                self._busy(address, port, now, e)
                 continue
             try:
                 rtcp = _bind(address, port + 1)
             except OSError as e:
                 rtp.close()
-                self._busy(interface, port, now, e)
+                self._busy(address, port, now, e)
                 continue
             endpoint.rtp_sock = rtp
             endpoint.rtcp_sock = rtcp
             self.loop.add(rtp, endpoint, False)
             self.loop.add(rtcp, endpoint, True)
-            self.taken[endpoint] = (interface, port)
+            self.taken[endpoint] = (address, port)
             self.loop.start()
             return port
         return None
 
-    def _busy(self, interface: str, port: int, now: float, error: OSError) -> None:
+    def _busy(self, address: str, port: int, now: float, error: OSError) -> None:
         """A pair another program holds: back to the pool (tried again after others)."""
         self.loop.counters["media.port_busy"] += 1
         if error.errno not in (errno.EADDRINUSE, errno.EACCES):
             log.warn("cannot bind media port {port}: {error}", port=port, error=str(error))
-        self.pool.put(interface, port, now)
+        self.pool.put(address, port, now)
 
     def release(self, endpoint: Endpoint) -> None:
         found = self.taken.pop(endpoint, None)
@@ -210,8 +211,8 @@ class MediaPorts:
                 self.loop.remove(sock)
                 sock.close()
         endpoint.rtp_sock = endpoint.rtcp_sock = None
-        interface, port = found
-        self.pool.put(interface, port, self.clock())
+        address, port = found
+        self.pool.put(address, port, self.clock())
 
 
 def _bind(address: str, port: int) -> socket.socket:
