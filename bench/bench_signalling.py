@@ -132,7 +132,7 @@ limits:
   max_connections_per_ip: 10000
   new_connections_per_second_per_ip: 100000
 pbx: {{address: 127.0.0.1, port: {pbx}, transport: udp}}
-media: {{srtp: none}}  # sipp offers plain RTP/AVP; media is still anchored
+media: {{srtp: none, port_range: {{start: 10000, end: 32000}}}}  # sipp offers plain RTP/AVP; 11000 relay pairs: thousands of calls a second hold pairs through the 2 s quarantine
 trusted_peers:  # the UAC plays a trunk (no registration needed)
   - {{name: bench-trunk, cidrs: [127.0.0.1/32]}}
 tls:

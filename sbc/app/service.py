@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import resource
 import signal
 import time
 import urllib.request
@@ -42,7 +43,7 @@ from sbc.media import srtp
 from sbc.media.relay import MediaManager, PortPool
 from sbc.net.driver import Driver, b2bua_settings_from, media_settings_from
 from sbc.net.limits import ConnectionGuard, StreamLimits
-from sbc.net.media import MediaLoop, MediaPorts
+from sbc.net.media import MAX_IDLE_PAIRS, MediaLoop, MediaPorts
 from sbc.net.outbound import Connector, Peer, client_tls_options
 from sbc.net.policy import TICK, PolicyGate
 from sbc.net.tls import ReloadableServerContext, TlsFiles
@@ -86,6 +87,7 @@ class Service:
     ports: list[IListeningPort] = field(default_factory=list)
     tls: ReloadableServerContext | None = None
     media: MediaLoop | None = None
+    media_ports: MediaPorts | None = None
     gate: PolicyGate | None = None
     rules: Any = None  # the configuration's RulesConfig: its globs are expanded again on reload
 
@@ -135,6 +137,9 @@ class Service:
         if self.media is not None:
             self.media.stop()
             self.media = None
+        if self.media_ports is not None:
+            self.media_ports.close()
+            self.media_ports = None
 
 
 def start(config: Config, reactor: Any) -> Service:
@@ -152,7 +157,10 @@ def start(config: Config, reactor: Any) -> Service:
     pr = config.media.port_range
     bind = {EXTERNAL: config.media.external.address, INTERNAL: config.media.internal.address}
     pool = PortPool(pr.start, pr.end, sorted(set(bind.values())))  # one pool per bind address
-    ports = MediaPorts(media_loop, pool, bind, reactor.seconds)
+    # Idle pairs kept bound for reuse may use a quarter of the descriptors left over 1024.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    max_idle = max(0, min(MAX_IDLE_PAIRS, (nofile - 1024) // 8))
+    ports = MediaPorts(media_loop, pool, bind, reactor.seconds, max_idle=max_idle)
     media = MediaManager(media_settings, ports, counters=core.counters)
     missing = [s for s in config.media.suites if s not in srtp.SUPPORTED_SUITES]
     if missing:
@@ -163,7 +171,7 @@ def start(config: Config, reactor: Any) -> Service:
                           f"({srtp.LIBSRTP_VERSION})", path="media.suites")
     driver = Driver(B2BUA(settings, ids, counters=core.counters, media=media), core, reactor)
     service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
-                      driver=driver, media=media_loop)
+                      driver=driver, media=media_loop, media_ports=ports)
     service.gate = _policy_gate(config, settings, driver, core, reactor)
     service.rules = config.rules
     _watch_rules(service, reactor)
@@ -193,6 +201,22 @@ def start(config: Config, reactor: Any) -> Service:
         service.stop_listening()
         raise
     return service
+
+
+def _raise_nofile() -> None:
+    """Every relayed call holds four sockets: take the descriptors the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warn("cannot raise the open-file limit from {soft}: {error}", soft=soft,
+                     error=str(e))
+            return
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < 16384:
+        log.warn("open-file limit {soft}: room for about {calls} relayed calls (4 sockets each); "
+                 "raise it (LimitNOFILE= in the systemd unit)", soft=soft, calls=soft // 5)
 
 
 def _policy_gate(config: Config, settings: B2buaSettings, driver: Driver, core: StatelessCore,
@@ -415,6 +439,7 @@ def run(config: Config) -> int:
 
     log.info("sbc {version} starting (node {node}, config {source})", version=__version__,
              node=config.node.id, source=config.source)
+    _raise_nofile()
     try:
         service = start(config, reactor)
     except ConfigError as e:
