@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
 import re
 import sys
@@ -286,4 +287,33 @@ def setup_logging(
     observer = make_observer(fmt, level, stream)
     target = beginner if beginner is not None else tlogger.globalLogBeginner
     target.beginLoggingTo([observer], discardBuffer=False, redirectStandardIO=False)
+    if beginner is None:
+        bridge_stdlib_logging()
     return observer
+
+
+class _StdlibBridge(logging.Handler):
+    """Standard-library log records (redis-py, the Redis store's listener thread) into the
+    Twisted logger, so they get the same format, level filter and redaction."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string in a library: still say something
+            text = str(record.msg)
+        level = (tlogger.LogLevel.error if record.levelno >= logging.ERROR
+                 else tlogger.LogLevel.warn if record.levelno >= logging.WARNING
+                 else tlogger.LogLevel.info if record.levelno >= logging.INFO
+                 else tlogger.LogLevel.debug)
+        tlogger.Logger(namespace=record.name).emit(level, "{text}", text=text)
+
+
+def bridge_stdlib_logging() -> None:
+    """Route the ``sbc`` and ``redis`` standard-library loggers into the Twisted logger
+    (once), instead of plain text on stderr."""
+    for name in ("sbc", "redis"):
+        std = logging.getLogger(name)
+        if not any(isinstance(h, _StdlibBridge) for h in std.handlers):
+            std.addHandler(_StdlibBridge())
+            std.setLevel(logging.INFO)
+            std.propagate = False

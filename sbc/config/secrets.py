@@ -7,8 +7,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
-_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pass", "token", "secret"})
+_SECRET_WORDS = ("password", "passwd", "token", "secret")
 _USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^@\s/]*@")
+_QUERY_SECRET = re.compile(
+    r"(?i)(?P<head>[?&][A-Za-z0-9_.-]*(?:password|passwd|token|secret)[A-Za-z0-9_.-]*=)[^&\s]*"
+)
+
+
+def _secret_key(key: str) -> bool:
+    """A query parameter that holds a secret: ``pass``, or any name with a secret word in it
+    (``password``, ``sentinel_password``, ``auth_token``...)."""
+    key = key.lower()
+    return key == "pass" or any(word in key for word in _SECRET_WORDS)
 
 
 def mask_url(url: str) -> str:
@@ -32,14 +42,13 @@ def mask_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
-            query = urlencode(
-                [(k, MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
-                safe="*",
-            )
+        if any(_secret_key(k) for k, _ in pairs):
+            query = urlencode([(k, MASK if _secret_key(k) else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def scrub_urls(text: str) -> str:
-    """Mask ``scheme://user:password@`` passwords anywhere in free text."""
-    return _USERINFO_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    """Mask ``scheme://user:password@`` passwords and secret query values (``?password=``,
+    ``&sentinel_password=``) anywhere in free text."""
+    text = _USERINFO_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group('head')}{MASK}", text)

@@ -91,9 +91,9 @@ class PolicyGate:
         return True
 
     def connection(self, source_ip: str, interface: str, transport: str) -> bool:
-        """A TCP/TLS connection was accepted: False to close it (a ``connection`` rule)."""
-        if self.banned(source_ip):
-            return False
+        """A TCP/TLS connection was accepted: False to close it (a ``connection`` rule; with
+        a Redis store the decision is still in flight, so the connection stays and only the
+        bans it leads to act on later ones)."""
         allowed = True
 
         def done(verdict: Verdict) -> None:

@@ -254,6 +254,10 @@ class SipStreamProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.closed_by is not None:
             return
+        gate = self.driver.gate if self.driver is not None else None
+        if gate is not None and gate.banned(self.source[0]):
+            self.transport.abortConnection()  # banned after it connected: cut it off
+            return
         self.last_received = self.clock.seconds()
         try:
             self.framer.feed(data)
@@ -328,11 +332,13 @@ class SipStreamFactory(protocol.Factory):
         ip = getattr(addr, "host", "")
         port = getattr(addr, "port", 0)
         gate = self.driver.gate if self.driver is not None else None
-        if gate is not None and not gate.connection(ip, self.interface,
-                                                    "tls" if self.tls else "tcp"):
-            return None  # banned, or a connection rule dropped it
+        if gate is not None and gate.banned(ip):
+            return None  # banned: closed before anything is read
         if self.guard.admit(ip, self.clock.seconds()) != ev.ACCEPT:
             return None
+        if gate is not None and not gate.connection(ip, self.interface,
+                                                    "tls" if self.tls else "tcp"):
+            return None  # a connection rule dropped it
         return SipStreamProtocol(self, (ip, port))
 
 

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sbc.app import certs
 from sbc.config import Config, ConfigError, ConfigErrors, load_config, mask_url, parse_config
 from sbc.config.model import InterfaceConfig, PeerRoute
+from sbc.config.secrets import scrub_urls
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "config"
@@ -784,11 +785,22 @@ def test_redis_password_is_masked_in_repr(d: Path) -> None:
         ("redis://pw@host", "redis://***@host"),
         ("redis://host/0?password=pw&db=1", "redis://host/0?password=***&db=1"),
         ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("redis+sentinel://s1,s2/mymaster?sentinel_password=sp&db=2",
+         "redis+sentinel://s1,s2/mymaster?sentinel_password=***&db=2"),
+        ("rediss://h?auth_token=t", "rediss://h?auth_token=***"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
-    """mask_url hides userinfo passwords and password query parameters."""
+    """mask_url hides userinfo passwords and every secret-looking query parameter."""
     assert mask_url(url) == masked
+
+
+def test_scrub_urls_masks_secret_query_values_in_free_text() -> None:
+    """An error text that quotes a Sentinel URL loses its passwords, in userinfo and query."""
+    text = ("cannot reach redis+sentinel://u:pw@s1:26379,s2/m?sentinel_password=sp&db=1: "
+            "connection refused")
+    assert scrub_urls(text) == ("cannot reach redis+sentinel://u:***@s1:26379,s2/m?"
+                                "sentinel_password=***&db=1: connection refused")
 
 
 def test_syslog_needs_an_address(d: Path) -> None:

@@ -202,3 +202,27 @@ def test_setup_logging_routes_published_events_without_a_reactor() -> None:
     assert messages == ["before ***", "after"]
     assert "t0k3n" not in stream.getvalue()
     assert callable(observer)
+
+
+def test_stdlib_records_reach_the_redacting_observer() -> None:
+    """A standard-library warning from the Redis store (its listener thread) becomes a Twisted
+    log event, formatted and redacted like every other: no password reaches the output."""
+    import logging as std
+
+    from twisted.logger import globalLogPublisher
+
+    from sbc.app.logging import bridge_stdlib_logging
+
+    out = io.StringIO()
+    observer = make_observer("json", "info", out)
+    globalLogPublisher.addObserver(observer)
+    try:
+        bridge_stdlib_logging()
+        std.getLogger("sbc.state.redis_store").warning(
+            "ban listener: cannot reach %s", "redis+sentinel://u:pw@s1/m?sentinel_password=sp")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["namespace"] == "sbc.state.redis_store" and line["level"] == "warn"
+    assert "pw" not in line["message"].replace("password", "") and "sp" not in line["message"]
+    assert "cannot reach redis+sentinel://u:***@s1/m?sentinel_password=***" in line["message"]
