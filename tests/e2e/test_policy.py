@@ -186,3 +186,36 @@ def test_rules_follow_their_files_and_feeds(tmp_path: Path) -> None:
     finally:
         for s in (pbx, listed, other):
             s.close()
+
+
+def test_a_ban_cuts_a_connection_opened_before_it(tmp_path: Path) -> None:
+    """A TCP connection opened before its source is banned (through UDP) is cut at its next
+    request instead of being answered."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pbx.bind(("127.0.0.1", 0))
+    sip = free_port()
+    ports = dict(sip=sip, tls=0, internal=free_port(socket.SOCK_DGRAM), pbx=pbx.getsockname()[1])
+    text = CONFIG.format(rules=rules, **ports).replace(
+        "tcp: {enabled: false}", f"tcp: {{enabled: true, port: {sip}}}")
+    stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stream.bind(("127.0.0.22", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.22", 0))
+    try:
+        with launched_sbc(tmp_path, text, tmp_path, ports):
+            stream.settimeout(2.0)
+            stream.connect(("127.0.0.1", sip))
+            stream.sendall(_request("OPTIONS", stream, sip, 1).replace(b"/UDP", b"/TCP"))
+            assert stream.recv(65535).startswith(b"SIP/2.0 200 ")  # answered before the ban
+            assert _ask(udp, _request("OPTIONS", udp, sip, 2, "friendly-scanner"), sip) is None
+            stream.sendall(_request("OPTIONS", stream, sip, 3).replace(b"/UDP", b"/TCP"))
+            try:
+                data = stream.recv(65535)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""  # closed (reset), nothing answered
+    finally:
+        for s in (pbx, stream, udp):
+            s.close()
