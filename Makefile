@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= deploy/sbc.example.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test deps check-config lint typecheck bench bench-sip bench-signalling fuzz clean
+.PHONY: run test deps check-config lint typecheck bench bench-sip bench-signalling bench-media bench-policy fuzz clean
 
 $(VENV)/.stamp-runtime: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -49,13 +49,19 @@ typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 
 ## bench: every benchmark (figures, never pass/fail)
-bench: bench-sip bench-signalling
+bench: bench-sip bench-signalling bench-media bench-policy
 
 bench-sip: $(VENV)/.stamp-runtime
 	$(BIN)/python bench/bench_sip_parse.py
 
 bench-signalling: $(VENV)/.stamp-runtime
 	$(BIN)/python bench/bench_signalling.py
+
+bench-media: $(VENV)/.stamp-runtime
+	$(BIN)/python bench/bench_media.py
+
+bench-policy: $(VENV)/.stamp-runtime
+	$(BIN)/python bench/bench_policy.py
 
 ## fuzz: the deep hypothesis profile (100k+ examples per property)
 fuzz: $(VENV)/.stamp-test
