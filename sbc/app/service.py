@@ -250,6 +250,7 @@ def _policy_gate(config: Config, settings: B2buaSettings, driver: Driver, core: 
         store = MemoryStore()
         store.subscribe_bans(cache.apply)
     gate = PolicyGate(engine, store, cache, reactor, core.counters, threads=threads)
+    gate.node = config.node.id
     b2bua = driver.b2bua
     gate.deliver = driver.deliver
     gate.send = driver.send_raw

@@ -25,6 +25,7 @@ evidence (the rule, the key, the counts).
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -47,13 +48,15 @@ from sbc.policy.model import (
     Verdict,
 )
 from sbc.sip.message import Request, build_response
-from sbc.state.base import BanNotice, SetBan, Store, StoreError
+from sbc.state.base import AppendEvent, BanNotice, SetBan, Store, StoreError
 from sbc.state.cache import LocalBanCache
 
 log = Logger(namespace="sbc.policy")
 security_log = Logger(namespace="sbc.security")
 
 TICK = 10.0  # seconds between call_tick events for each live call
+EVENTS_STREAM = "security"  # the store's stream of recent security events (all nodes)
+EVENTS_KEPT = 10000  # the newest events kept in it
 MAX_QUEUED = 64  # requests held per source while one of its decisions is in flight
 
 
@@ -77,6 +80,7 @@ class PolicyGate:
         self.trunk_of: Callable[[Any, Request], str | None] | None = None
         self.flush: Callable[[], None] | None = None  # write what ending calls produced
         self._quiet: dict[str, float] = {}  # rule id -> until when its store failures are quiet
+        self.node = ""  # this node's id, in every event kept in the store
 
     # -- before parsing ---------------------------------------------------------------------
 
@@ -261,46 +265,53 @@ class PolicyGate:
         d.addErrback(lambda f: log.failure("applying a verdict failed", f))
 
     def _finish(self, event: PolicyEvent, verdict: Verdict, now: float) -> Verdict:
-        """Apply the verdict's side effects and log its evidence; return it."""
-        followup = verdict.followup_ops()
-        if followup:
-            self._run(followup, now)
+        """Apply the verdict's side effects, log its evidence as security events and keep them
+        in the store's recent-events stream (:data:`EVENTS_STREAM`); return the verdict."""
+        records: list[tuple[str, dict[str, Any]]] = []
+        source = event.source_ip
         for firing in verdict.fired:
             self.counters[f"policy.fired.{firing.rule_id}"] += 1
             if firing.level == "unknown":  # skipped for a store failure: logged once a minute
                 if self._quiet.get(firing.rule_id, 0.0) > now:
                     continue
                 self._quiet[firing.rule_id] = now + 60.0
-            security_log.warn(
-                "rule {rule} fired ({mode}, {severity}) for {source}",
-                type="policy.fired", rule=firing.rule_id, mode=firing.mode, severity=firing.level,
-                subject=firing.key, counts=dict(firing.counts), actions=list(firing.actions),
-                note=firing.note, source=event.source_ip, event=event.kind,
-                disposition=verdict.action if firing.rule_id == verdict.rule_id else None,
-            )
+            records.append(("rule {rule} fired ({mode}, {severity}) for {source}", dict(
+                type="policy.fired", rule=firing.rule_id, mode=firing.mode,
+                severity=firing.level, subject=firing.key, counts=dict(firing.counts),
+                actions=list(firing.actions), note=firing.note, source=source,
+                event=event.kind,
+                disposition=verdict.action if firing.rule_id == verdict.rule_id else None)))
         for ban in verdict.bans:
             self.counters["policy.ban"] += 1
-            security_log.warn("ban {subject}", type="policy.ban", subject=ban.key,
-                              source=event.source_ip, reason=ban.reason)
+            records.append(("ban {subject}", dict(type="policy.ban", subject=ban.key,
+                                                  source=source, reason=ban.reason)))
         for lock in verdict.locks:
             self.counters["policy.lock"] += 1
-            security_log.warn("account lock {subject}", type="policy.lock", subject=lock.key,
-                              source=event.source_ip, reason=lock.reason)
+            records.append(("account lock {subject}", dict(type="policy.lock", subject=lock.key,
+                                                           source=source, reason=lock.reason)))
         for alert in verdict.alerts:
             self.counters[f"policy.alert.{alert.level}"] += 1
-            security_log.warn("alert {rule}: {message}", type="policy.alert",
-                              rule=alert.rule_id, severity=alert.level, subject=alert.key,
-                              message=alert.message, counts=dict(alert.counts),
-                              source=event.source_ip)
+            records.append(("alert {rule}: {message}", dict(
+                type="policy.alert", rule=alert.rule_id, severity=alert.level,
+                subject=alert.key, message=alert.message, counts=dict(alert.counts),
+                source=source)))
         if verdict.end_calls and self.flush is not None:
             self.reactor.callLater(0, self.flush)  # the BYEs go now, not with the next message
         for end in verdict.end_calls:
             if self.end_calls is not None:
                 ended = self.end_calls(end.key, end.value, now)
                 self.counters["policy.calls_ended"] += ended
-                security_log.warn("calls ended: {by}={value} ({count})",
-                                  type="policy.end_calls", by=end.key, value=end.value,
-                                  count=ended, rule=end.rule_id, source=event.source_ip)
+                records.append(("calls ended: {by}={value} ({count})", dict(
+                    type="policy.end_calls", by=end.key, value=end.value, count=ended,
+                    rule=end.rule_id, source=source)))
+        ops: list[Any] = verdict.followup_ops()
+        for text, fields in records:
+            security_log.warn(text, **fields)
+            ops.append(AppendEvent(EVENTS_STREAM, json.dumps(
+                {"time": now, "node": self.node, **fields}, sort_keys=True, default=str),
+                cap=EVENTS_KEPT))
+        if ops:
+            self._run(ops, now)
         return verdict
 
     def _run(self, ops: list[Any], now: float) -> None:
