@@ -143,7 +143,14 @@ from sbc.gateway.topology import crossing_headers, hide_sdp_body
 from sbc.ids import IdSource
 from sbc.media.relay import LegPolicy, MediaManager, MediaRefused, MediaSession
 from sbc.media.sdp import SessionDescription, parse_sdp
-from sbc.policy.model import AuthFailed, CallEnded, CallTick, PolicyEvent, ResponseSent
+from sbc.policy.model import (
+    AuthFailed,
+    CallEnded,
+    CallTick,
+    PolicyEvent,
+    ResponseSent,
+    SrtpFailed,
+)
 from sbc.sip.dialog import Dialog, DialogError, initial_request
 from sbc.sip.headers import Headers, NameAddr, canonical_name
 from sbc.sip.message import (
@@ -589,6 +596,13 @@ class B2BUA:
                 call = owner
                 if event.kind == "srtp_auth_failures":
                     self._security("srtp.auth_failures", call, now, **event.detail)
+                    sources = event.detail.get("sources")
+                    for host, count in (sources.items() if isinstance(sources, dict) else ()):
+                        # The rule engine hears of each source (a ban for an attacker).
+                        self.policy_events.append(SrtpFailed(
+                            source_ip=str(host), interface=EXTERNAL, transport="udp",
+                            call_id=call.a_invite.call_id, count=int(count),
+                            account=call.account))
                 elif event.kind == "inactive":
                     self._count("media.timeout.inactive")
                     self._hangup(call, now, "media inactivity",

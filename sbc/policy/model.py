@@ -160,10 +160,22 @@ class CallEnded(PolicyEvent):
     trunk: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SrtpFailed(PolicyEvent):
+    """A storm of media packets that failed SRTP authentication in one call, from
+    ``source_ip``: ``count`` of them (the relay reports a call once it passes its alarm level).
+    Forged or replayed media aimed at a call is an attack on it (RFC 3711 9.5)."""
+
+    kind: ClassVar[str] = "srtp_failure"
+    call_id: str
+    count: int = 0
+    account: str | None = None
+
+
 EVENT_TYPES: dict[str, type[PolicyEvent]] = {
     cls.kind: cls
     for cls in (ConnectionOpened, MessageMalformed, RequestReceived, AuthFailed, ResponseSent,
-                CallStarting, CallTick, CallEnded)
+                CallStarting, CallTick, CallEnded, SrtpFailed)
 }
 EVENT_KINDS = tuple(EVENT_TYPES)
 EVENT_FIELDS: dict[str, frozenset[str]] = {

@@ -11,6 +11,7 @@ from sbc.gateway.b2bua import B2BUA, EXTERNAL, INTERNAL, Origin
 from sbc.ids import CountingIdSource
 from sbc.media.relay import Endpoint, MediaInterface, MediaManager, MediaSettings
 from sbc.media.sdp import parse_sdp
+from sbc.policy.model import SrtpFailed
 from sbc.sip.message import Request, parse_message
 
 from .pump import PHONE, Pump, respond
@@ -236,3 +237,21 @@ def test_phone_source_for_latching_is_the_sip_peer() -> None:
     assert session is not None
     assert session.streams[0].a.trusted_host == PHONE.host
     assert session.streams[0].b.trusted_host == "10.0.0.5"
+
+
+def test_an_srtp_failure_storm_reaches_the_rule_engine() -> None:
+    """When the relay counts an SRTP authentication storm in a call, a security event is
+    recorded and the rule engine hears of each source with its count."""
+    p, _ = setup()
+    established(p)
+    session = p.b2bua.calls[(EXTERNAL, "phone-call-1@192.0.2.101", "x1")].media
+    assert session is not None
+    endpoint = session.streams[0].a
+    endpoint.auth_sources = {"198.51.100.66": 25}
+    endpoint.drop_auth = session.auth_failures = 25
+    p.run_until(T0 + 4)
+    (event,) = [e for e in p.b2bua.events if e["type"] == "srtp.auth_failures"]
+    assert event["sources"] == {"198.51.100.66": 25}
+    (fact,) = [f for f in p.b2bua.policy_events if isinstance(f, SrtpFailed)]
+    assert (fact.source_ip, fact.count, fact.call_id) == (
+        "198.51.100.66", 25, "phone-call-1@192.0.2.101")

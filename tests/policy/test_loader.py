@@ -106,7 +106,7 @@ BAD_FILES = [
             "letters, digits, '.', '_' and '-' (at most 64 characters))",
             "r.yaml:2:5: rules[0].on: missing required key 'on' (expected one of: "
             'connection, malformed, request, auth_failure, response, call_start, '
-            'call_tick, call_end)',
+            'call_tick, call_end, srtp_failure)',
             "r.yaml:2:5: rules[0].actions: missing required key 'actions' (expected a "
             'list of actions: allow, reject, drop, tarpit, ban, end_calls, '
             'lock_account, alert)',
@@ -126,7 +126,7 @@ BAD_FILES = [
         [
             'r.yaml:2:17: rules[0].on: invalid value "requests", did you mean '
             "'request'? (expected one of: connection, malformed, request, "
-            'auth_failure, response, call_start, call_tick, call_end)',
+            'auth_failure, response, call_start, call_tick, call_end, srtp_failure)',
         ],
         id='unknown_on',
     ),

@@ -32,6 +32,7 @@ from sbc.policy.model import (
     PolicyEvent,
     RequestReceived,
     ResponseSent,
+    SrtpFailed,
     Verdict,
 )
 from sbc.policy.tz import days_from_civil
@@ -148,8 +149,8 @@ def test_shipped_rules_load_cleanly() -> None:
     ruleset = load_rules(SHIPPED)
     assert [Path(f).name for f in ruleset.files] == [
         "00-common.yaml", "10-dos.yaml", "15-admission.yaml", "20-scanners.yaml",
-        "30-brute-force.yaml", "40-toll-fraud.yaml"]
-    assert ruleset.summary() == "31 rules in 6 files (1 observe), 4 lists, 0 feeds"
+        "25-media.yaml", "30-brute-force.yaml", "40-toll-fraud.yaml"]
+    assert ruleset.summary() == "32 rules in 7 files (1 observe), 4 lists, 0 feeds"
     assert [r.id for r in ruleset.rules if r.mode == "observe"] == ["scanner-options-sweep"]
     assert all(r.enabled and r.description for r in ruleset.rules)
     assert ruleset.timezone == "UTC"
@@ -169,7 +170,7 @@ def test_shipped_rules_load_cleanly() -> None:
 def test_check_rules_accepts_the_shipped_files(capsys: pytest.CaptureFixture[str]) -> None:
     """`sbc check-rules rules/*.yaml` exits 0 and prints the summary."""
     assert main(["check-rules", *map(str, SHIPPED)]) == 0
-    assert capsys.readouterr().out == "OK: 31 rules in 6 files (1 observe), 4 lists, 0 feeds\n"
+    assert capsys.readouterr().out == "OK: 32 rules in 7 files (1 observe), 4 lists, 0 feeds\n"
 
 
 def test_every_shipped_rule_is_documented() -> None:
@@ -718,4 +719,19 @@ def test_the_shipped_rules_cover_every_event_kind_but_call_end() -> None:
     """The shipped rules act on every event kind except call_end."""
     ruleset: RuleSet = load_rules(SHIPPED)
     assert set(ruleset.by_kind) == {"request", "malformed", "connection", "response",
-                                    "auth_failure", "call_start", "call_tick"}
+                                    "auth_failure", "call_start", "call_tick", "srtp_failure"}
+
+
+# -- media ---------------------------------------------------------------------------------------
+
+
+def test_srtp_forgery_in_a_second_call_bans_the_source() -> None:
+    """One storm of unauthenticated SRTP from a source alerts nothing yet; a storm in a second
+    call within the hour bans it and raises a critical alert."""
+    edge = Edge()
+    first = edge(SrtpFailed(source_ip=ATTACKER, call_id="c1", count=25), T0)
+    assert first is not None and not first.bans and not first.alerts
+    second = edge(SrtpFailed(source_ip=ATTACKER, call_id="c2", count=40), T0 + 600)
+    assert second is not None and [b.key for b in second.bans] == [f"ip:{ATTACKER}"]
+    assert [a.level for a in second.alerts] == ["critical"]
+    assert edge.banned(ATTACKER, T0 + 601)
