@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pylibsrtp
+from bench_signalling import sbc_command, wait_ready  # bench/ is on sys.path when run
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -1211,34 +1212,6 @@ media:
   allow_sdes_over_insecure_transport: true  # the bench signals over UDP
   inactivity_timeout: 60
 {workers}"""
-
-
-def sbc_command() -> list[str]:
-    script = Path(sys.executable).with_name("sbc")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sbc")
-    return [found] if found else [sys.executable, "-m", "sbc.app.cli"]
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    """Poll the SBC with OPTIONS over UDP, a bounded number of times (about 10 s)."""
-    for attempt in range(100):
-        if proc.poll() is not None:
-            return False
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(0.1)
-            s.sendto((f"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
-                      f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKready{attempt};rport\r\n"
-                      f"From: <sip:b@127.0.0.1>;tag=b\r\nTo: <sip:127.0.0.1>\r\n"
-                      f"Call-ID: ready{attempt}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-                      f"Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", port))
-            try:
-                s.recv(65535)
-                return True
-            except TimeoutError:
-                continue
-    return False
 
 
 class SbcTarget(Target):
