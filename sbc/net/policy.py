@@ -32,6 +32,7 @@ from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from sbc.errors import SbcError
@@ -129,24 +130,40 @@ class PolicyGate:
 
     def _start(self, request: Request, origin: Any) -> None:
         now = self.reactor.seconds()
-        event = self._request_event(request, origin, now)
+        try:
+            event = self._request_event(request, origin, now)
+        except Exception:
+            self._bug("the rule engine could not describe a request")
+            self._admit(request, origin)
+            return
+
+        def refuse(verdict: Verdict) -> None:
+            try:
+                self._refuse(request, origin, verdict)
+            except Exception:
+                self._bug("refusing a request failed")
+            finally:
+                self._next(origin.host)
 
         def after_request(verdict: Verdict) -> None:
             if not verdict.allowed:
-                self._refuse(request, origin, verdict)
-                self._next(origin.host)
-                return
-            if request.method == "INVITE" and request.to.tag is None:
-                self._evaluate(self._call_event(request, origin, event), after_call)
-                return
-            self._admit(request, origin)
+                refuse(verdict)
+            elif request.method == "INVITE" and request.to.tag is None:
+                try:
+                    call = self._call_event(request, origin, event)
+                except Exception:
+                    self._bug("the rule engine could not describe a call")
+                    self._admit(request, origin)
+                    return
+                self._evaluate(call, after_call)
+            else:
+                self._admit(request, origin)
 
         def after_call(verdict: Verdict) -> None:
             if verdict.allowed:
                 self._admit(request, origin)
             else:
-                self._refuse(request, origin, verdict)
-                self._next(origin.host)
+                refuse(verdict)
 
         self._evaluate(event, after_request)
 
@@ -227,42 +244,59 @@ class PolicyGate:
     # -- the engine and the store ------------------------------------------------------------
 
     def _evaluate(self, event: PolicyEvent, done: Callable[[Verdict], None]) -> None:
+        """Decide ``event`` and call ``done`` with the verdict exactly once, whatever fails:
+        a bug in the engine or in applying a verdict is logged and counted and the event is
+        allowed (the per-source queue must never stall on it)."""
         now = self.reactor.seconds()
         try:
             plan = self.engine.plan(event, now)
         except Exception:
-            self.counters["internal.error"] += 1
-            log.failure("the rule engine failed to plan an event")
+            self._bug("the rule engine failed to plan an event")
             done(Verdict())
             return
-        if not plan.ops:
-            done(self._finish(event, self.engine.decide(plan, [], now), now))
-            return
-        if self.threads is None:
+        if self.threads is None or not plan.ops:
             try:
-                results = self.store.execute(plan.ops, now)
-            except StoreError as e:
-                verdict = self.engine.decide_failed(plan, e, now, self.cache)
-                self.counters["policy.store_failed"] += 1
-            else:
-                verdict = self.engine.decide(plan, results, now)
-            done(self._finish(event, verdict, now))
+                if not plan.ops:
+                    verdict = self.engine.decide(plan, [], now)
+                else:
+                    try:
+                        results = self.store.execute(plan.ops, now)
+                    except StoreError as e:
+                        self.counters["policy.store_failed"] += 1
+                        verdict = self.engine.decide_failed(plan, e, now, self.cache)
+                    else:
+                        verdict = self.engine.decide(plan, results, now)
+                verdict = self._finish(event, verdict, now)
+            except Exception:
+                self._bug("the rule engine failed on an event")
+                verdict = Verdict()
+            done(verdict)
             return
         d = deferToThreadPool(self.reactor, self.threads, self.store.execute, plan.ops, now)
 
-        def ok(results: Any) -> None:
-            done(self._finish(event, self.engine.decide(plan, results, now), now))
+        def decided(results: Any) -> Verdict:
+            if isinstance(results, Failure):
+                error = results.value
+                if not isinstance(error, SbcError):
+                    log.failure("the state store failed", results)
+                self.counters["policy.store_failed"] += 1
+                return self.engine.decide_failed(plan, error, now, self.cache)
+            return self.engine.decide(plan, results, now)
 
-        def failed(failure: Any) -> None:
-            error = failure.value
-            if not isinstance(error, SbcError):
-                log.failure("the state store failed", failure)
-            self.counters["policy.store_failed"] += 1
-            done(self._finish(event, self.engine.decide_failed(plan, error, now, self.cache),
-                              now))
+        def finish(results: Any) -> None:
+            try:
+                verdict = self._finish(event, decided(results), now)
+            except Exception:
+                self._bug("the rule engine failed on an event")
+                verdict = Verdict()
+            done(verdict)
 
-        d.addCallbacks(ok, failed)
-        d.addErrback(lambda f: log.failure("applying a verdict failed", f))
+        d.addBoth(finish)
+        d.addErrback(lambda f: log.failure("a policy decision's continuation failed", f))
+
+    def _bug(self, what: str) -> None:
+        self.counters["internal.error"] += 1
+        log.failure(what)
 
     def _finish(self, event: PolicyEvent, verdict: Verdict, now: float) -> Verdict:
         """Apply the verdict's side effects, log its evidence as security events and keep them

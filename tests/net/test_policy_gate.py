@@ -86,3 +86,19 @@ def test_a_scanner_is_banned_and_the_evidence_is_kept_in_the_store() -> None:
     assert ban["subject"] == "ip:192.0.2.7" and ban["node"] == "node-a"
     fired = next(e for e in events if e["type"] == "policy.fired")
     assert fired["rule"] == "scanner" and fired["disposition"] == "drop"
+
+
+def test_a_bug_in_the_engine_never_stalls_a_source() -> None:
+    """When deciding fails with an unexpected error, the request is let through and counted,
+    and the source's next requests are not left waiting behind it."""
+    gate, _store, delivered, _sent, _ = setup()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    gate.engine.decide = broken  # type: ignore[method-assign]
+    for n in range(1, 4):
+        gate.request(options(n), PHONE)
+    assert [r.cseq.seq for r in delivered] == [1, 2, 3]
+    assert gate.counters["internal.error"] == 3
+    assert not gate._busy  # noqa: SLF001 -- the per-source queue is empty again
