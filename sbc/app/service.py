@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from sbc import __version__
-from sbc.config import Config
+from sbc.config import Config, RulesConfig
 from sbc.errors import ConfigError
 from sbc.gateway.b2bua import B2BUA, EXTERNAL, INTERNAL, B2buaSettings
 from sbc.gateway.stateless import StatelessCore
@@ -89,11 +89,11 @@ class Service:
     media: MediaLoop | None = None
     media_ports: MediaPorts | None = None
     gate: PolicyGate | None = None
-    rules: Any = None  # the configuration's RulesConfig: its globs are expanded again on reload
+    rules: RulesConfig | None = None  # its globs are expanded again on every reload
 
     def reload_rules(self) -> bool:
         """Load the rule files again; a broken file keeps the running rules (logged)."""
-        if self.gate is None:
+        if self.gate is None or self.rules is None:
             log.info("rules reload requested but no rule files are configured")
             return False
         errors = self.gate.engine.reload([str(p) for p in self.rules.paths()])
