@@ -44,6 +44,13 @@ from sbc.media.relay import MediaManager, PortPool
 from sbc.net.driver import Driver, b2bua_settings_from, media_settings_from
 from sbc.net.limits import ConnectionGuard, StreamLimits
 from sbc.net.media import MAX_IDLE_PAIRS, MediaLoop, MediaPorts
+from sbc.net.media_workers import (
+    RecordHold,
+    RemoteEndpoint,
+    WorkerLink,
+    WorkerPorts,
+    start_workers,
+)
 from sbc.net.outbound import Connector, Peer, client_tls_options
 from sbc.net.policy import TICK, PolicyGate
 from sbc.net.tls import ReloadableServerContext, TlsFiles
@@ -87,7 +94,8 @@ class Service:
     ports: list[IListeningPort] = field(default_factory=list)
     tls: ReloadableServerContext | None = None
     media: MediaLoop | None = None
-    media_ports: MediaPorts | None = None
+    media_ports: MediaPorts | WorkerPorts | None = None
+    media_workers: list[WorkerLink] = field(default_factory=list)
     gate: PolicyGate | None = None
     rules: RulesConfig | None = None  # its globs are expanded again on every reload
 
@@ -137,6 +145,9 @@ class Service:
         if self.media is not None:
             self.media.stop()
             self.media = None
+        for worker in self.media_workers:
+            worker.stop()
+        self.media_workers = []
         if self.media_ports is not None:
             self.media_ports.close()
             self.media_ports = None
@@ -152,16 +163,27 @@ def start(config: Config, reactor: Any) -> Service:
     ids = IdSource()
     settings = b2bua_settings_from(config)
     core = StatelessCore(new_tag=ids.tag, limits=limits_from(config))
-    media_loop = MediaLoop(reactor, core.counters, reactor.seconds)
     media_settings = media_settings_from(config)
     pr = config.media.port_range
     bind = {EXTERNAL: config.media.external.address, INTERNAL: config.media.internal.address}
-    pool = PortPool(pr.start, pr.end, sorted(set(bind.values())))  # one pool per bind address
     # Idle pairs kept bound for reuse may use a quarter of the descriptors left over 1024.
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     max_idle = max(0, min(MAX_IDLE_PAIRS, (nofile - 1024) // 8))
-    ports = MediaPorts(media_loop, pool, bind, reactor.seconds, max_idle=max_idle)
-    media = MediaManager(media_settings, ports, counters=core.counters)
+    media_loop: MediaLoop | None = None
+    workers: list[WorkerLink] = []
+    ports: MediaPorts | WorkerPorts
+    if config.media.workers:
+        workers, ports = start_workers(config.media.workers, reactor, core.counters, pr.start,
+                                       pr.end, bind, reactor.seconds, max_idle=max_idle,
+                                       log_format=config.logging.format,
+                                       log_level=config.logging.level)
+        media = MediaManager(media_settings, ports, counters=core.counters,
+                             endpoint_type=RemoteEndpoint)
+    else:
+        media_loop = MediaLoop(reactor, core.counters, reactor.seconds)
+        pool = PortPool(pr.start, pr.end, sorted(set(bind.values())))  # one per bind address
+        ports = MediaPorts(media_loop, pool, bind, reactor.seconds, max_idle=max_idle)
+        media = MediaManager(media_settings, ports, counters=core.counters)
     missing = [s for s in config.media.suites if s not in srtp.SUPPORTED_SUITES]
     if missing:
         log.warn("SDES suites not supported by {libsrtp}, skipped: {missing}",
@@ -170,8 +192,14 @@ def start(config: Config, reactor: Any) -> Service:
         raise ConfigError("none of media.suites is supported by the installed libsrtp "
                           f"({srtp.LIBSRTP_VERSION})", path="media.suites")
     driver = Driver(B2BUA(settings, ids, counters=core.counters, media=media), core, reactor)
+    if workers:
+        hold = RecordHold(reactor, driver.write_record, reactor.seconds)
+        driver.write_record = hold
+        for worker in workers:
+            worker.on_final = hold.flush
     service = Service(core, ConnectionGuard(stream_limits_from(config), core.counters),
-                      driver=driver, media=media_loop, media_ports=ports)
+                      driver=driver, media=media_loop, media_ports=ports,
+                      media_workers=workers)
     service.gate = _policy_gate(config, settings, driver, core, reactor)
     service.rules = config.rules
     _watch_rules(service, reactor)
@@ -451,9 +479,11 @@ def run(config: Config) -> int:
                   port=e.port, reason=str(e.socketError))
         return 1
     media = config.media
-    log.info("media relay: ports {start}-{end}, SRTP outside {outside}, towards the PBX "
-             "{inside}, suites {suites} ({libsrtp}); the PBX is {pbx} over {transport}",
+    log.info("media relay: ports {start}-{end} {relay}, SRTP outside {outside}, towards the "
+             "PBX {inside}, suites {suites} ({libsrtp}); the PBX is {pbx} over {transport}",
              start=media.port_range.start, end=media.port_range.end, outside=media.srtp,
+             relay=(f"shared by {media.workers} worker processes" if media.workers
+                    else "in this process"),
              inside=config.pbx.srtp, libsrtp=srtp.LIBSRTP_VERSION,
              suites=", ".join(media_settings_from(config).allowed_suites()),
              pbx=f"{config.pbx.address}:{config.pbx.port}", transport=config.pbx.transport)

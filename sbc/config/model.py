@@ -305,6 +305,7 @@ class MediaConfig:
     suites: tuple[str, ...] = ()  # SDES suites allowed, best first; () = all supported
     max_sessions: int = 10000  # concurrent calls with media; more get 503
     max_pps: int = 400  # packets per second per stream and leg; more are dropped and counted
+    workers: int = 0  # relay processes, each owning a share of port_range; 0 = in-process
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,6 +324,7 @@ def read_media(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, 
         "suites",
         "max_sessions",
         "max_pps",
+        "workers",
     ]
     s = r.section(node, path, keys)
     d = MediaConfig()
@@ -358,6 +359,7 @@ def read_media(r: Reader, node: yaml.Node | None, path: str, done: Mapping[str, 
         suites=tuple(suites),
         max_sessions=s.integer("max_sessions", d.max_sessions, 1, 1_000_000),
         max_pps=s.integer("max_pps", d.max_pps, 10, 100_000),
+        workers=s.integer("workers", d.workers, 0, 64),
         **sides,
     )
 
@@ -763,6 +765,12 @@ def check_media(r: Reader, config: Config) -> None:
             "media.port_range.end",
             f"{pr.end} is not above start ({pr.start})",
             expected="end > start",
+        )
+    elif r.ok("media.port_range", "media.workers") and media.workers > (pr.end - pr.start) // 4:
+        r.error(
+            "media.workers",
+            f"{media.workers} workers cannot share {pr.start}-{pr.end}",
+            expected="at most one worker per 2 port pairs of media.port_range",
         )
     for side in ("external", "internal"):
         m: MediaInterfaceConfig = getattr(media, side)

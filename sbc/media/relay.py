@@ -502,7 +502,46 @@ class Endpoint:
             "auth_failure_sources": dict(self.auth_sources or {}),
         }
 
+    def set_clock(self, rate: int) -> None:
+        """The RTP clock of the leg's first format (jitter is reported in ms)."""
+        self.clock_rate = rate
+
+    def install_rx(self, crypto: CryptoAttribute, prev_until: float) -> bool:
+        """``crypto`` is what the leg now encrypts with.  The SSRCs already seen keep their
+        rollover counters in the new context, and the replaced key stays valid until
+        ``prev_until`` (``math.inf``: until :meth:`start_grace`).  Whether a key was replaced."""
+        rocs = self.rx.rocs() if self.rx is not None else None
+        ctx = srtp.context_from_crypto(crypto, outbound=False, rocs=rocs)
+        replaced = self.rx is not None
+        if replaced:
+            if self.rx_prev is not None:
+                self.rx_prev.close()
+            self.rx_prev = self.rx
+            self.rx_prev_until = prev_until
+        self.rx = ctx
+        return replaced
+
+    def install_tx(self, crypto: CryptoAttribute) -> None:
+        """``crypto`` is the SBC's key towards the leg (its SSRCs' rollover counters kept)."""
+        rocs = self.tx.rocs() if self.tx is not None else None
+        ctx = srtp.SrtpContext(crypto.suite, crypto.key_salt, outbound=True, rocs=rocs)
+        if self.tx is not None:
+            self.tx.close()
+        self.tx = ctx
+
+    def start_grace(self, until: float) -> None:
+        """The replaced inbound key stays valid until ``until`` (the re-offer was answered)."""
+        if self.rx_prev is not None:
+            self.rx_prev_until = until
+
+    def set_mux(self, mux: bool) -> None:
+        """Whether the leg multiplexes RTCP on the RTP port, as the answer settled it."""
+        self.mux = mux
+        if mux and self.signalled_rtp is not None:
+            self.remote_rtcp = self.remote_rtp
+
     def close(self) -> None:
+        """Plain RTP from now on: every SRTP context of the leg closed."""
         for ctx in (self.rx, self.rx_prev, self.tx):
             if ctx is not None:
                 ctx.close()
@@ -519,6 +558,7 @@ class _LegState:
     our_key: CryptoAttribute | None = None  # what the SBC sends to the leg with
     offered: list[CryptoAttribute] = field(default_factory=list)  # the SBC's offer to it
     offered_mux: bool = False
+    grace_pending: bool = False  # a re-offer replaced the leg's key: the grace starts at answer
 
 
 @dataclass(eq=False, slots=True)
@@ -550,6 +590,7 @@ class MediaSession:
     last_offer: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     auth_failures: int = 0
     auth_alarmed: bool = False
+    shard: int = -1  # the media worker relaying it (-1: not placed yet, or no workers)
     timed_out: bool = False
     closed: bool = False
 
@@ -583,9 +624,13 @@ class MediaManager:
 
     def __init__(self, settings: MediaSettings, ports: PortAllocator, *,
                  random: Callable[[int], bytes] = secrets.token_bytes,
-                 counters: MutableMapping[str, int] | None = None) -> None:
+                 counters: MutableMapping[str, int] | None = None,
+                 endpoint_type: type[Endpoint] | None = None) -> None:
         self.settings = settings
         self.ports = ports
+        # The media workers' edge substitutes an endpoint that forwards its set-up to the
+        # worker process that owns its sockets (sbc.net.media_workers).
+        self.endpoint_type = endpoint_type or Endpoint
         self.random = random
         self.sessions: dict[int, MediaSession] = {}
         self.counters: MutableMapping[str, int] = counters if counters is not None else {}
@@ -823,8 +868,8 @@ class MediaManager:
         return MediaRefused("no acceptable media stream")
 
     def _new_stream(self, session: MediaSession, index: int) -> Stream:
-        a = Endpoint(session.legs["a"].interface, session)
-        b = Endpoint(session.legs["b"].interface, session)
+        a = self.endpoint_type(session.legs["a"].interface, session)
+        b = self.endpoint_type(session.legs["b"].interface, session)
         a.other, b.other = b, a
         for ep, leg in ((a, "a"), (b, "b")):
             ep.max_pps = self.settings.max_pps
@@ -922,13 +967,12 @@ class MediaManager:
             assert off.our_key is not None
             answer_keys = [off.our_key]
         _rewrite(m_out, off_ep, off.proto, answer_keys, mux=off.offered_mux)
-        off_ep.mux = off.offered_mux
-        if off_ep.signalled_rtp is not None and off.offered_mux:
-            off_ep.remote_rtcp = off_ep.remote_rtp
-        if off_ep.rx_prev is not None and off_ep.rx_prev_until == math.inf:
+        off_ep.set_mux(off.offered_mux)
+        if off.grace_pending:
             # The offerer re-keyed: it sends with its old key until it has this answer (RFC
             # 4568 7.1.4), so the grace for packets in flight counts from here.
-            off_ep.rx_prev_until = now + self.settings.rekey_grace
+            off.grace_pending = False
+            off_ep.start_grace(now + self.settings.rekey_grace)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -941,42 +985,31 @@ class MediaManager:
         if old is not None and old.suite == crypto.suite and old.key_salt == crypto.key_salt:
             state.srtp = True
             return
-        rocs = ep.rx.rocs() if ep.rx is not None else None
-        # WSH is the sender's minimum (RFC 4568 6.3.7), bounded to what libsrtp takes.
-        ctx = srtp.context_from_crypto(crypto, outbound=False, rocs=rocs)
-        if ep.rx is not None:
-            if ep.rx_prev is not None:
-                ep.rx_prev.close()
-            ep.rx_prev = ep.rx
-            # An offerer keeps its old key until it has the answer: the grace starts there.
-            ep.rx_prev_until = math.inf if offered else now + self.settings.rekey_grace
+        # An offerer keeps its old key until it has the answer: the grace starts there.
+        until = math.inf if offered else now + self.settings.rekey_grace
+        if ep.install_rx(crypto, until):
             self._count("media.rekey")
-        ep.rx = ctx
+            state.grace_pending = offered
         rekey = state.their_key is not None
         state.their_key = crypto
         state.srtp = True
         if rekey and state.our_key is not None:
             state.our_key = None  # a fresh SBC key for this leg goes in the answer
 
-    def _install_our_key(self, ep: Endpoint, state: _LegState, crypto: CryptoAttribute) -> None:
+    @staticmethod
+    def _install_our_key(ep: Endpoint, state: _LegState, crypto: CryptoAttribute) -> None:
         old = state.our_key
         if old is not None and old.suite == crypto.suite and old.key_salt == crypto.key_salt:
             return
-        rocs = ep.tx.rocs() if ep.tx is not None else None
-        ctx = srtp.SrtpContext(crypto.suite, crypto.key_salt, outbound=True, rocs=rocs)
-        if ep.tx is not None:
-            ep.tx.close()
-        ep.tx = ctx
+        ep.install_tx(crypto)
         state.our_key = crypto
         state.srtp = True
 
     @staticmethod
     def _plain(ep: Endpoint, state: _LegState) -> None:
-        for ctx in (ep.rx, ep.rx_prev, ep.tx):
-            if ctx is not None:
-                ctx.close()
-        ep.rx = ep.rx_prev = ep.tx = None
+        ep.close()
         state.srtp = False
+        state.grace_pending = False
         state.their_key = state.our_key = None
 
 
@@ -1036,9 +1069,9 @@ def _set_clock(ep: Endpoint, m: MediaDescription) -> None:
     for pt in m.payload_types[:1]:
         rtpmap = m.rtpmap(pt)
         if rtpmap is not None and rtpmap.clock_rate > 0:
-            ep.clock_rate = rtpmap.clock_rate
+            ep.set_clock(rtpmap.clock_rate)
         elif pt == 9:  # G.722's RTP clock is 8000 Hz although it samples at 16 kHz
-            ep.clock_rate = 8000
+            ep.set_clock(8000)
 
 
 def _rewrite(m: MediaDescription, ep: Endpoint, proto: str, keys: Sequence[CryptoAttribute],

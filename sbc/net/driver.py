@@ -177,6 +177,8 @@ class Driver:
         self._timer_at: float | None = None
         self.connector: Connector | None = None  # outbound connections (PBX over TCP/TLS)
         self.gate: PolicyGate | None = None  # the rule engine (None: no rules loaded)
+        # Where call records go; with media workers, a hold that waits for their final counts.
+        self.write_record: Callable[[dict[str, Any]], None] = _log_record
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -281,7 +283,7 @@ class Driver:
             security_log.warn("security event {type}", **event)
         while b2bua.records:
             record = b2bua.records.popleft()
-            cdr_log.info("call record", **record)
+            self.write_record(record)
         gate = self.gate
         while b2bua.policy_events:
             fact = b2bua.policy_events.popleft()
@@ -374,3 +376,7 @@ class Driver:
 
 
 __all__ = ["EXTERNAL", "INTERNAL", "Driver", "b2bua_settings_from"]
+
+
+def _log_record(record: dict[str, Any]) -> None:
+    cdr_log.info("call record", **record)

@@ -55,16 +55,22 @@ media:
   srtp: require
   allow_sdes_over_insecure_transport: true   # the test signals over UDP
   inactivity_timeout: {inactivity}
+  workers: {workers}
 """
 
 
-@pytest.fixture(scope="module")
-def media_sbc(tmp_path_factory: pytest.TempPathFactory):
+# 0: the relay runs in the SBC's process; 2: in two media worker processes.
+WORKERS = [pytest.param(0, id="in-process"), pytest.param(2, id="workers")]
+
+
+@pytest.fixture(scope="module", params=WORKERS)
+def media_sbc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("media")
     pbx = new_sip()
     ports = dict(sip=free_port(socket.SOCK_DGRAM), tls=0,
                  internal=free_port(socket.SOCK_DGRAM), pbx=pbx.address[1])
-    text = CONFIG.format(start=PORTS[0], end=PORTS[1], inactivity=INACTIVITY, **ports)
+    text = CONFIG.format(start=PORTS[0], end=PORTS[1], inactivity=INACTIVITY,
+                         workers=request.param, **ports)
     with launched_sbc(base, text, base, ports) as sbc:
         yield sbc, pbx
 
@@ -159,12 +165,13 @@ def test_srtp_outside_plain_inside_carries_the_payload_both_ways(media_sbc) -> N
 
 
 
-@pytest.fixture()
-def fresh_sbc(tmp_path: Path):
+@pytest.fixture(params=WORKERS)
+def fresh_sbc(request: pytest.FixtureRequest, tmp_path: Path):
     pbx = new_sip()
     ports = dict(sip=free_port(socket.SOCK_DGRAM), tls=0,
                  internal=free_port(socket.SOCK_DGRAM), pbx=pbx.address[1])
-    text = CONFIG.format(start=PORTS[0], end=PORTS[1], inactivity=INACTIVITY, **ports)
+    text = CONFIG.format(start=PORTS[0], end=PORTS[1], inactivity=INACTIVITY,
+                         workers=request.param, **ports)
     with launched_sbc(tmp_path, text, tmp_path, ports) as sbc:
         yield sbc, pbx
 
