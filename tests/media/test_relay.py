@@ -1273,3 +1273,22 @@ def test_independent_srtp_agrees_with_libsrtp() -> None:
         report = sender_report(PHONE_SSRC)
         assert theirs_in.unprotect_rtcp(ours.protect_rtcp(report)) == report
         assert ours.unprotect_rtcp(theirs_out.protect_rtcp(report)) == report
+
+
+def test_an_ipv6_phone_gets_an_ipv6_answer_and_the_pbx_an_ipv4_offer() -> None:
+    """External media on IPv6 (advertised 2001:db8::10), internal on IPv4: each leg's SDP names
+    its own family (c=IN IP6 / IN IP4), and the phone's IPv6 packets reach the PBX."""
+    v6 = MediaInterface("2001:db8::10")
+    phone6 = LegPolicy("external", "none", peer_host="2001:db8::5")
+    call = new_call(phone6, PLAIN_PBX, interfaces={"external": v6, "internal": INTERNAL})
+    offer = sdp("v=0", "o=phone 1 1 IN IP6 2001:db8::5", "s=call", "c=IN IP6 2001:db8::5",
+                "t=0 0", "m=audio 4000 RTP/AVP 0", "a=rtpmap:0 PCMU/8000", "a=sendrecv")
+    out = call.offer_from("a", offer, 0.0)
+    assert b"c=IN IP4 192.168.1.10\r\n" in out and b"IP6" not in out.split(b"t=0 0")[1]
+    answer = call.answer_from("b", pbx_answer(), 1.0)
+    assert b"c=IN IP6 2001:db8::10\r\n" in answer and b"m=audio 20000 RTP/AVP 0 101" in answer
+    assert call.a.remote_rtp == ("2001:db8::5", 4000)
+    got = relay(call.a, rtp(1, 160, 0x55), ("2001:db8::5", 4000, 0, 0), 2.0)
+    assert got == ("rtp", rtp(1, 160, 0x55)) and call.a.rtp_latched
+    assert relay(call.a, rtp(2, 320, 0x55), ("2001:db8::66", 4000, 0, 0), 2.1) is None
+    assert call.a.drop_source == 1

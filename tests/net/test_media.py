@@ -113,3 +113,41 @@ def test_idle_pairs_are_bounded() -> None:
     ports.release(b)
     assert len(ports.idle) == 1 and sock.fileno() == -1  # the second pair was closed
     ports.close()
+
+
+def test_media_on_ipv6_crosses_between_legs_and_latches() -> None:
+    """A media address of ::1: pairs are bound on IPv6, packets cross both ways, the source is
+    latched from the 4-tuple address IPv6 sockets report, and a third party is dropped."""
+    reactor = MemoryReactorClock()
+    counters: Counter[str] = Counter()
+    loop = MediaLoop(reactor, counters, clock=lambda: 100.0)
+    base = 43000 + 4 * (id(reactor) % 200)
+    pool = PortPool(base, base + 3, ["::1"], quarantine=0.0)
+    ports = MediaPorts(loop, pool, {"external": "::1", "internal": "::1"}, clock=lambda: 100.0)
+    a, b = pair(ports)
+
+    def peer6() -> socket.socket:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.bind(("::1", 0))
+        s.settimeout(1.0)
+        return s
+
+    phone, pbx, intruder = peer6(), peer6(), peer6()
+    a.signal(phone.getsockname()[:2], None, False)
+    b.signal(pbx.getsockname()[:2], None, False)
+    phone.sendto(rtp(1, b"six" * 50), ("::1", a.port))
+    drain_loop(loop)
+    data, source = pbx.recvfrom(2048)
+    assert data == rtp(1, b"six" * 50) and source[:2] == ("::1", b.port)
+    pbx.sendto(rtp(2, b"back" * 40), ("::1", b.port))
+    drain_loop(loop)
+    data, source = phone.recvfrom(2048)
+    assert data == rtp(2, b"back" * 40) and source[:2] == ("::1", a.port)
+    assert a.rtp_latched and a.remote_rtp is not None and a.remote_rtp[:2] == \
+        phone.getsockname()[:2]
+    intruder.sendto(rtp(3, b"evil" * 40), ("::1", a.port))
+    drain_loop(loop)
+    assert a.drop_source == 1 and counters["media.forwarded"] == 2
+    ports.release(a)
+    ports.release(b)
+    ports.close()
