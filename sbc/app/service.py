@@ -285,6 +285,7 @@ def _policy_gate(config: Config, settings: B2buaSettings, driver: Driver, core: 
     gate.end_calls = b2bua.end_calls
     gate.flush = driver.flush
     gate.registered = b2bua.registrar.registered_flow
+    gate.share_registrations(b2bua.registration_matters)  # a phone registered on any node
     gate.trunk_of = lambda origin, request: _trunk_of(settings, origin, request)
     driver.gate = gate
 

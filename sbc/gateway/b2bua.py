@@ -25,7 +25,9 @@ user internal -> external; the code is the same.
 Admission
 ~~~~~~~~~
 * External requests that open something (an INVITE outside a call) are accepted from a source
-  that holds a live registration on that very flow, from a configured trunk (source CIDR,
+  that holds a live registration on that very flow, from a source address the edge found
+  registered in the shared store (``registered_elsewhere``: any node, any flow from that IP; see
+  below), from a configured trunk (source CIDR,
   transport and, over TLS, the client certificate's names), or, when
   ``unknown_source == "allow"``, from anyone; otherwise they are refused with 403 or dropped
   silently (``"reject"``/``"drop"``).  REGISTER is accepted from anyone: the PBX authenticates
@@ -33,6 +35,12 @@ Admission
   can see).
 * Internal requests are accepted from the PBX's address only; anything else on the internal
   interface gets the same treatment as an unknown external source.
+* Registrations on other nodes: the B2BUA does no I/O, so it cannot ask the shared store.  The
+  registrar reports every binding that becomes live or goes away (:attr:`B2BUA.binding_changes`)
+  for the edge to publish, and :meth:`B2BUA.registration_matters` tells the edge which requests
+  are worth a look-up; the edge then hands the request in with ``registered_elsewhere=True``
+  when a live binding from the same source IP exists on any node.  Only an external request
+  outside a dialog uses that flag, and only where a local registration would have admitted it.
 
 What crosses between legs
 ~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -482,6 +490,8 @@ class B2BUA:
             INTERNAL: TransactionLayer(settings.timers),
         }
         self.registrar = Registrar(ids, settings.registration, auth_failures)
+        # Bindings that became live or went away, for the edge to publish to the shared store.
+        self.binding_changes = self.registrar.changes
         self.pbx = Origin(INTERNAL, settings.pbx.transport, settings.pbx.host, settings.pbx.port)
         self.calls: dict[tuple[str, str, str], Call] = {}
         # Per-event work must not grow with the number of calls: live calls and the calls with
@@ -539,8 +549,12 @@ class B2BUA:
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def receive(self, message: Request | Response, origin: Origin, now: float) -> None:
-        """Handle one parsed message from ``origin``."""
+    def receive(self, message: Request | Response, origin: Origin, now: float, *,
+                registered_elsewhere: bool = False) -> None:
+        """Handle one parsed message from ``origin``.  ``registered_elsewhere``: the edge found
+        a live registration from ``origin``'s IP address in the shared store (another node, or
+        another flow), so a request :meth:`registration_matters` for is admitted as if that
+        flow were registered here."""
         self._now = now
         layer = self.layers[origin.interface]
         if isinstance(message, Response):
@@ -559,7 +573,7 @@ class B2BUA:
             self._ack(message, origin, now)
             return
         try:
-            self._request(message, origin, now)
+            self._request(message, origin, now, registered_elsewhere)
         except SipParseError as e:
             if e.status is not None:
                 self._reject(message, origin, now, e.status, list(e.headers))
@@ -658,7 +672,8 @@ class B2BUA:
 
     # -- requests --------------------------------------------------------------------------
 
-    def _request(self, request: Request, origin: Origin, now: float) -> None:
+    def _request(self, request: Request, origin: Origin, now: float,
+                 registered_elsewhere: bool = False) -> None:
         method = request.method
         if method == "CANCEL":
             self._cancel(request, origin, now)
@@ -683,14 +698,30 @@ class B2BUA:
         if method not in ("INVITE", "OPTIONS"):
             self._reject(request, origin, now, 405, [("Allow", ALLOW)])
             return
-        if not self._admitted(request, origin, now, in_dialog=False):
+        if not self._admitted(request, origin, now, in_dialog=False,
+                              registered_elsewhere=registered_elsewhere):
             return
         if origin.interface == EXTERNAL:
             self._invite_to_pbx(request, origin, now)
         else:
             self._to_registered_user(request, origin, now)
 
-    def _admitted(self, request: Request, origin: Origin, now: float, *, in_dialog: bool) -> bool:
+    def registration_matters(self, request: Request, origin: Origin) -> bool:
+        """Whether admitting ``request`` from ``origin`` may depend on a registration: an
+        INVITE outside a dialog from the outside, from a source that is not a trunk, when
+        ``unknown_source`` does not admit anyone.  (REGISTER is accepted from anyone, OPTIONS
+        from the outside is answered here, other methods outside a dialog get 405.)  The edge
+        asks the shared store about the source's other registrations only for these."""
+        return (
+            origin.interface == EXTERNAL
+            and request.method == "INVITE"
+            and request.to.tag is None
+            and self.settings.unknown_source != "allow"
+            and not any(trunk.matches(origin) for trunk in self.settings.trunks)
+        )
+
+    def _admitted(self, request: Request, origin: Origin, now: float, *, in_dialog: bool,
+                  registered_elsewhere: bool = False) -> bool:
         """Whether ``origin`` may send ``request``; if not, it was answered 403 or dropped."""
         if origin.interface == INTERNAL:
             ok = origin.host == self.pbx.host
@@ -702,6 +733,9 @@ class B2BUA:
                 or self.registrar.registered_flow(origin, now)
                 or any(trunk.matches(origin) for trunk in self.settings.trunks)
             )
+            if not ok and registered_elsewhere:
+                ok = True
+                self._count("admitted.registered_elsewhere")
         if ok:
             return True
         self._count(f"refused.{origin.interface}")

@@ -33,6 +33,14 @@ Deliverability is :meth:`Registrar.lookup`: an active binding on a live flow is 
 an unknown token is 404; a binding whose flow closed, whose registration expired, or that is
 still pending is 480, and the call is never sent anywhere else (RFC 5626 5.3).  Time is always
 passed in as ``now`` (seconds); the registrar reads no clock and does no I/O.
+
+Other SBC nodes learn who is registered here through :attr:`Registrar.changes`: a
+:class:`BindingChange` is appended whenever a binding becomes live (the PBX's 2xx), is refreshed
+(relayed or answered locally: its client-side deadline moves), or stops being live (unregistered
+or superseded by a REGISTER, swept at expiry, its flow closed).  The edge drains them and writes
+them to the shared store; the registrar itself never does.  A binding counts as live from its
+activation until its removal, expiry or flow death, whichever comes first, and each of those is
+reported once.
 """
 
 from __future__ import annotations
@@ -195,6 +203,30 @@ class Undeliverable:
 LookupResult = Delivery | Undeliverable
 
 
+@dataclass(frozen=True, slots=True)
+class BindingChange:
+    """A binding became live, was refreshed, or stopped being live (see the module docstring).
+
+    ``reason`` is ``registered`` (now live), ``refreshed`` (still live, new deadline),
+    ``unregistered`` (removed by a REGISTER: expires 0, ``*``, superseded, or granted 0 by the
+    PBX), ``expired`` (swept after its client-side deadline) or ``flow_closed``.
+    ``expires_at`` is the client-side deadline (absolute ``now`` value) while live, ``None``
+    once gone: a record published with that lifetime lapses by itself if this node stops
+    refreshing it.  ``flow`` is the transport's flow identity, as given to the registrar.
+    """
+
+    reason: str
+    token: str
+    aor: str
+    source: Address
+    flow: Flow
+    expires_at: float | None
+
+    @property
+    def live(self) -> bool:
+        return self.expires_at is not None
+
+
 @dataclass(slots=True)
 class _Item:
     """One contact of a pending REGISTER that adds or refreshes a binding."""
@@ -279,6 +311,11 @@ def normalise_aor(uri: SipUri) -> str:
     return f"{uri.scheme.lower()}:{at}{host}"
 
 
+def _live(b: Binding) -> bool:
+    """Whether ``b`` has been reported live and not yet reported gone."""
+    return b.state is BindingState.ACTIVE and b.flow_alive
+
+
 def _delta(value: str | None) -> int | None:
     if value is None or not _DELTA_RE.match(value.strip()):
         return None
@@ -317,6 +354,9 @@ class Registrar:
         self._pending: dict[int, _Pending] = {}
         self._tombstones: dict[str, float] = {}  # expired token -> PBX-side deadline (480)
         self._next_handle = 0
+        # Bindings that became live, were refreshed or went away, for the edge to publish
+        # (drained after every input; bounded like the B2BUA's other outputs).
+        self.changes: deque[BindingChange] = deque(maxlen=10000)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -536,7 +576,7 @@ class Registrar:
         removed: list[str] = []
         for tok in pending.removals:
             if tok in self._by_token:
-                self._drop(tok)
+                self._drop(tok, "unregistered")
                 removed.append(tok)
         told_first: int | None = None
         told: dict[str, int] = {}
@@ -546,10 +586,11 @@ class Registrar:
                 continue
             g = granted.get(item.token, granted.get("", item.asked))
             if g <= 0:
-                self._drop(item.token)
+                self._drop(item.token, "unregistered")
                 removed.append(item.token)
                 continue
             t = self.policy.client_grant(item.requested, g)
+            was_live = _live(b)
             b.source = pending.source  # same flow (it is part of the key); NAT may rebind
             b.contact, b.instance, b.reg_id = item.contact, item.instance, item.reg_id
             b.requested = item.requested
@@ -560,6 +601,7 @@ class Registrar:
                 b.pbx_granted = g
                 b.pbx_expires_at = now + g
             self._tombstones.pop(item.token, None)
+            self._changed("refreshed" if was_live else "registered", b, b.client_expires_at)
             told[item.token] = t
             if told_first is None:
                 told_first = t
@@ -616,7 +658,10 @@ class Registrar:
         Returns the affected tokens."""
         tokens = sorted(self._by_flow.get(flow, ()))
         for tok in tokens:
-            self._by_token[tok].flow_alive = False
+            b = self._by_token[tok]
+            if _live(b):
+                self._changed("flow_closed", b, None)
+            b.flow_alive = False
         return tokens
 
     # -- time ------------------------------------------------------------------------------
@@ -636,7 +681,7 @@ class Registrar:
         PBX; until the PBX-side deadline their tokens answer 480, not 404."""
         gone = [b for b in self._by_token.values() if b.client_expires_at <= now]
         for b in gone:
-            self._drop(b.token)
+            self._drop(b.token, "expired")
             if b.state is BindingState.ACTIVE and b.pbx_expires_at > now:
                 self._tombstones[b.token] = b.pbx_expires_at
         for tok in [t for t, d in self._tombstones.items() if d <= now]:
@@ -662,8 +707,15 @@ class Registrar:
         self._by_aor.setdefault(b.aor, {})[b.token] = None
         self._by_flow.setdefault(b.flow, set()).add(b.token)
 
-    def _drop(self, token: str) -> None:
+    def _changed(self, reason: str, b: Binding, expires_at: float | None) -> None:
+        self.changes.append(BindingChange(reason, b.token, b.aor, b.source, b.flow, expires_at))
+
+    def _drop(self, token: str, reason: str | None = None) -> None:
+        """Forget ``token``; a live binding is reported gone for ``reason`` (a pending one,
+        or one whose flow closed, was never or is no longer published)."""
         b = self._by_token.pop(token)
+        if reason is not None and _live(b):
+            self._changed(reason, b, None)
         if self._by_key.get(b.key) == token:
             del self._by_key[b.key]
         tokens = self._by_aor.get(b.aor)

@@ -21,6 +21,13 @@ PBX and the trunks routed over TCP/TLS, a missing connection is opened by the
 :class:`~sbc.net.outbound.Connector` (once, then reused); a phone whose connection closed is
 never called back on another one.
 
+After every input the driver also drains what the B2BUA reports for the edge: security events
+and call records into the log, facts for the rule engine and registration changes
+(:attr:`B2BUA.binding_changes`) into the policy gate, which shares them with the other nodes
+through the store (without a gate they are dropped: registrations stay node-local).  The gate
+hands admitted requests back through :meth:`Driver.deliver`, with whether the source is
+registered on another node.
+
 It keeps exactly one ``callLater`` armed at :meth:`B2BUA.get_timer`, re-armed after every input
 and every firing.  An exception inside a core is logged and counted (``internal.error``) and
 never reaches the reactor.
@@ -242,10 +249,14 @@ class Driver:
         self.deliver(message, origin)
         return None
 
-    def deliver(self, message: Request | Response, origin: Origin) -> None:
-        """Hand an admitted message to the B2BUA and write what it produced."""
+    def deliver(self, message: Request | Response, origin: Origin,
+                registered_elsewhere: bool = False) -> None:
+        """Hand an admitted message to the B2BUA and write what it produced
+        (``registered_elsewhere``: the policy gate found the source registered in the shared
+        store; see :meth:`B2BUA.receive`)."""
         try:
-            self.b2bua.receive(message, origin, self.clock.seconds())
+            self.b2bua.receive(message, origin, self.clock.seconds(),
+                               registered_elsewhere=registered_elsewhere)
         except Exception:
             self.counters["internal.error"] += 1
             log.failure("b2bua failed on a message from {source}", source=origin.host)
@@ -285,6 +296,15 @@ class Driver:
             record = b2bua.records.popleft()
             self.write_record(record)
         gate = self.gate
+        changes = b2bua.binding_changes
+        while changes:  # registrations for the shared store (nowhere to go without a gate)
+            change = changes.popleft()
+            if gate is not None:
+                try:
+                    gate.binding_changed(change)
+                except Exception:
+                    self.counters["internal.error"] += 1
+                    log.failure("publishing a registration change failed")
         while b2bua.policy_events:
             fact = b2bua.policy_events.popleft()
             if gate is not None:

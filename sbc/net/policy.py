@@ -15,7 +15,18 @@ and the driver call it at each step of a message's life:
    both allow it.  Requests from one source stay in order: while one is being decided (a Redis
    round trip), the next wait behind it;
 4. :meth:`event` for what the B2BUA reports afterwards (failed authentications, final responses
-   sent outside, calls that end) and, every :data:`TICK` seconds, a ``call_tick`` per live call.
+   sent outside, calls that end) and, every :data:`TICK` seconds, a ``call_tick`` per live call;
+5. :meth:`binding_changed` for each registration that became live, was refreshed or went away:
+   written to the store (fire and forget) so that the other nodes see it.
+
+Registrations shared between nodes (:mod:`sbc.net.bindings`): a request from the outside whose
+flow is not registered here is looked up in the store by source IP before its ``request`` event
+is built, when that can matter: a rule tests ``registered``, or the B2BUA's admission depends on
+it (:meth:`~sbc.gateway.b2bua.B2BUA.registration_matters`).  A live binding from that IP on any
+node makes the event's ``registered`` true and is handed to the B2BUA with the request
+(``registered_elsewhere``).  The answers are cached per IP (:class:`~sbc.net.bindings.
+SourceCache`); the look-up holds the source's queue like a decision does, so order is kept; a
+store failure counts as "not registered elsewhere" (this node's own registrations still hold).
 
 Side effects of a verdict are applied here: bans and account locks go to the store (a second
 round trip, fire and forget), ``end_calls`` to the B2BUA, and every rule that fired -- enforced
@@ -36,8 +47,17 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from sbc.errors import SbcError
+from sbc.gateway.b2bua import EXTERNAL
 from sbc.gateway.b2bua import digest_username as username_of
 from sbc.gateway.b2bua import uri_user as user_of
+from sbc.gateway.registrar import BindingChange
+from sbc.net.bindings import (
+    SourceCache,
+    binding_ops,
+    reads_registered,
+    registered_until,
+    source_key,
+)
 from sbc.policy.engine import Engine
 from sbc.policy.model import (
     CallStarting,
@@ -49,7 +69,16 @@ from sbc.policy.model import (
     Verdict,
 )
 from sbc.sip.message import Request, build_response
-from sbc.state.base import AppendEvent, BanNotice, SetBan, Store, StoreError
+from sbc.state.base import (
+    AppendEvent,
+    BanNotice,
+    BindingGet,
+    BindingsResult,
+    Op,
+    SetBan,
+    Store,
+    StoreError,
+)
 from sbc.state.cache import LocalBanCache
 
 log = Logger(namespace="sbc.policy")
@@ -62,8 +91,11 @@ MAX_QUEUED = 64  # requests held per source while one of its decisions is in fli
 
 
 class PolicyGate:
-    """See the module docstring.  ``deliver(message, origin)`` hands an admitted request to the
-    B2BUA; ``send(origin, data)`` writes a response the gate itself makes (a policy reject)."""
+    """See the module docstring.  ``deliver(message, origin, registered_elsewhere)`` hands an
+    admitted request to the B2BUA; ``send(origin, data)`` writes a response the gate itself
+    makes (a policy reject).  ``sources`` (None: registrations are not shared) caches the
+    store's answers about source addresses; ``registration_matters(request, origin)`` says
+    whether the B2BUA's admission of a request depends on a registration."""
 
     def __init__(self, engine: Engine, store: Store, cache: LocalBanCache, reactor: Any,
                  counters: Any, *, threads: ThreadPool | None = None) -> None:
@@ -74,7 +106,7 @@ class PolicyGate:
         self.counters = counters
         self.threads = threads  # None: the store is called in place (the memory store)
         self._busy: dict[str, deque[Callable[[], None]]] = {}
-        self.deliver: Callable[[Request, Any], None] | None = None
+        self.deliver: Callable[[Request, Any, bool], None] | None = None
         self.send: Callable[[Any, bytes], None] | None = None
         self.end_calls: Callable[[str, str, float], int] | None = None
         self.registered: Callable[[Any, float], bool] | None = None
@@ -82,6 +114,9 @@ class PolicyGate:
         self.flush: Callable[[], None] | None = None  # write what ending calls produced
         self._quiet: dict[str, float] = {}  # rule id -> until when its store failures are quiet
         self.node = ""  # this node's id, in every event kept in the store
+        self.sources: SourceCache | None = None  # shared registrations: None means off
+        self.registration_matters: Callable[[Request, Any], bool] | None = None
+        self._reads_registered: tuple[object, bool] | None = None  # (rule set, answer)
 
     # -- before parsing ---------------------------------------------------------------------
 
@@ -129,12 +164,32 @@ class PolicyGate:
         self._start(request, origin)
 
     def _start(self, request: Request, origin: Any) -> None:
+        """Decide the request at the head of its source's queue: first, when it can matter,
+        whether its source is registered on another node (see the module docstring)."""
         now = self.reactor.seconds()
         try:
-            event = self._request_event(request, origin, now)
+            local = self.registered(origin, now) if self.registered is not None else None
+            ask = not local and self._shared_needed(request, origin)
         except Exception:
             self._bug("the rule engine could not describe a request")
             self._admit(request, origin)
+            return
+        if not ask:
+            self._decide(request, origin, local, False)
+            return
+
+        def found(elsewhere: bool) -> None:
+            self._decide(request, origin, True if elsewhere else local, elsewhere)
+
+        self._look_up(origin.host, now, found)
+
+    def _decide(self, request: Request, origin: Any, registered: bool | None,
+                elsewhere: bool) -> None:
+        try:
+            event = self._request_event(request, origin, registered)
+        except Exception:
+            self._bug("the rule engine could not describe a request")
+            self._admit(request, origin, elsewhere)
             return
 
         def refuse(verdict: Verdict) -> None:
@@ -153,24 +208,24 @@ class PolicyGate:
                     call = self._call_event(request, origin, event)
                 except Exception:
                     self._bug("the rule engine could not describe a call")
-                    self._admit(request, origin)
+                    self._admit(request, origin, elsewhere)
                     return
                 self._evaluate(call, after_call)
             else:
-                self._admit(request, origin)
+                self._admit(request, origin, elsewhere)
 
         def after_call(verdict: Verdict) -> None:
             if verdict.allowed:
-                self._admit(request, origin)
+                self._admit(request, origin, elsewhere)
             else:
                 refuse(verdict)
 
         self._evaluate(event, after_request)
 
-    def _admit(self, request: Request, origin: Any) -> None:
+    def _admit(self, request: Request, origin: Any, elsewhere: bool = False) -> None:
         try:
             if self.deliver is not None:
-                self.deliver(request, origin)
+                self.deliver(request, origin, elsewhere)
         finally:
             self._next(origin.host)
 
@@ -203,7 +258,8 @@ class PolicyGate:
         if self.send is not None:
             self.send(origin, response.to_bytes())
 
-    def _request_event(self, request: Request, origin: Any, now: float) -> RequestReceived:
+    def _request_event(self, request: Request, origin: Any,
+                       registered: bool | None) -> RequestReceived:
         from_ = request.from_
         to = request.to
         uri = request.uri
@@ -216,7 +272,7 @@ class PolicyGate:
             to_user=user_of(to.uri), to_domain=getattr(to.uri, "host", None),
             user_agent=request.headers.get("user-agent"),
             username=username_of(request),
-            registered=self.registered(origin, now) if self.registered is not None else None,
+            registered=registered,
         )
 
     def _call_event(self, request: Request, origin: Any, seen: RequestReceived) -> CallStarting:
@@ -229,6 +285,106 @@ class PolicyGate:
             ruri_user=seen.ruri_user, ruri_domain=seen.ruri_domain,
             user_agent=seen.user_agent, registered=seen.registered,
         )
+
+    # -- registrations shared between nodes ----------------------------------------------------
+
+    def share_registrations(self, matters: Callable[[Request, Any], bool] | None,
+                            cache: SourceCache | None = None) -> None:
+        """Turn on registrations shared through the store: publish this node's
+        (:meth:`binding_changed`) and look up the others' (``matters``: the B2BUA's
+        :meth:`~sbc.gateway.b2bua.B2BUA.registration_matters`)."""
+        self.sources = cache if cache is not None else SourceCache()
+        self.registration_matters = matters
+
+    def _shared_needed(self, request: Request, origin: Any) -> bool:
+        """Whether the store must be asked about ``origin``'s other registrations: sharing is
+        on, the request comes from the outside, and a rule tests ``registered`` or the B2BUA's
+        admission depends on it."""
+        if self.sources is None or origin.interface != EXTERNAL:
+            return False
+        ruleset = self.engine.ruleset
+        if self._reads_registered is None or self._reads_registered[0] is not ruleset:
+            self._reads_registered = (ruleset, reads_registered(ruleset))  # once per (re)load
+        if self._reads_registered[1]:
+            return True
+        matters = self.registration_matters
+        return matters is not None and matters(request, origin)
+
+    def _look_up(self, ip: str, now: float, then: Callable[[bool], None]) -> None:
+        """Call ``then`` exactly once with whether a live binding from ``ip`` is in the store:
+        from the cache, or after one ``BindingGet`` (in the thread pool with Redis).  A failure
+        is "no" (counted ``bindings.lookup_failed``) and is cached like a "no", so a store that
+        is down is not asked again for every request."""
+        sources = self.sources
+        assert sources is not None
+        cached = sources.get(ip, now)
+        if cached is not None:
+            self.counters["bindings.cached"] += 1
+            then(cached)
+            return
+        try:
+            ops: list[Op] = [BindingGet(source_key(ip))]
+        except ValueError:  # not an address the store can key (empty, absurdly long)
+            then(False)
+            return
+        self.counters["bindings.lookup"] += 1
+
+        def answer(results: Any) -> bool:
+            if isinstance(results, Failure):
+                if not isinstance(results.value, SbcError):
+                    log.failure("the state store failed", results)
+                self.counters["bindings.lookup_failed"] += 1
+                sources.put(ip, None, now)
+                return False
+            result = results[0] if results else None
+            until = registered_until(result, now) if isinstance(result, BindingsResult) else None
+            sources.put(ip, until, now)
+            return until is not None
+
+        if self.threads is None:
+            try:
+                results: Any = self.store.execute(ops, now)
+            except Exception:
+                results = Failure()
+            then(answer(results))
+            return
+        d = deferToThreadPool(self.reactor, self.threads, self.store.execute, ops, now)
+        d.addBoth(lambda results: then(answer(results)))
+        d.addErrback(lambda f: log.failure("a registration look-up's continuation failed", f))
+
+    def binding_changed(self, change: BindingChange) -> None:
+        """Publish a registration that became live, was refreshed or went away (fire and
+        forget; a failure is counted ``bindings.publish_failed`` and never holds anything up:
+        the records of a live binding are written again at its next refresh)."""
+        if self.sources is None:
+            return
+        now = self.reactor.seconds()
+        ip = change.source[0]
+        if change.live:  # this node knows at once; the store may still be writing it
+            self.sources.put(ip, change.expires_at, now)
+        else:  # other bindings from the address may remain: ask the store next time
+            self.sources.forget(ip)
+        try:
+            ops = binding_ops(change, self.node, now)
+        except ValueError:  # an AOR longer than the store takes (the PBX accepted it)
+            self.counters["bindings.publish_failed"] += 1
+            return
+        if not ops:
+            return
+        self.counters["bindings.published"] += 1
+        if self.threads is None:
+            try:
+                self.store.execute(ops, now)
+            except StoreError:
+                self.counters["bindings.publish_failed"] += 1
+            return
+        d = deferToThreadPool(self.reactor, self.threads, self.store.execute, ops, now)
+        d.addErrback(self._publish_failed)
+
+    def _publish_failed(self, failure: Failure) -> None:
+        self.counters["bindings.publish_failed"] += 1
+        if not isinstance(failure.value, SbcError):
+            log.failure("the state store failed", failure)
 
     # -- what happened -------------------------------------------------------------------------
 

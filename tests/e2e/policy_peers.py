@@ -277,12 +277,13 @@ class Phone:
             + f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
 
-    def register(self, timeout: float = 3.0) -> Response | None:
-        """REGISTER, answering a digest challenge with ``password``; the final response."""
+    def register(self, timeout: float = 3.0, expires: int = 120) -> Response | None:
+        """REGISTER (``expires=0``: unregister this phone's Contact), answering a digest
+        challenge with ``password``; the final response."""
         call_id = f"reg{next(_counter)}-{self.host}"
         ruri = f"sip:127.0.0.1:{self.sbc_port}"
         to = f"<sip:{self.user}@127.0.0.1>"
-        extra = "Expires: 120\r\n"
+        extra = f"Expires: {expires}\r\n"
         self.send(self._request("REGISTER", ruri, to, call_id, 1, "r" + call_id, extra))
         response = self.final(call_id, "REGISTER", timeout)
         if response is None or response.status != 401 or self.password is None:

@@ -9,11 +9,15 @@ over a pub/sub channel that every database of a server shares, so each test star
 5. Redis stops under a running node: it keeps answering, rules fail open (registrations and
    calls go on) except the one that says ``fail: closed``, and ``state.unreachable`` is
    logged; Redis restarts on the same port: ``state.recovered``, and limits hold again.
+6. Registrations are shared: with ``unknown_source: reject`` on both nodes, a phone registered
+   through node A calls through node B, while another unregistered address is refused by B;
+   after the phone unregisters through A, B refuses it again within ``POSITIVE_TTL``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -21,6 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from sbc.net.bindings import POSITIVE_TTL
+from sbc.state.base import BindingGet, BindingsResult
+from sbc.state.redis_store import RedisStore
 from tests.conftest import require_tool
 from tests.e2e.conftest import SbcProcess, free_port, last_counters, launched_sbc, wait_until
 from tests.e2e.policy_peers import FakePbx, Phone, private_redis, sbc_config, security_events
@@ -72,17 +79,28 @@ rules:
 """
 
 
+ADMISSION_RULES = """\
+rules:
+  - id: scanner
+    on: request
+    match:
+      user_agent: [friendly-scanner]
+    actions: [drop, {ban: {duration: 1h}}]
+"""
+
+
 def _state(url: str) -> str:
     return f"state:\n  backend: redis\n  redis_url: {url}\n"
 
 
 @contextlib.contextmanager
-def _node(base: Path, name: str, pbx: int, rules: Path, url: str) -> Iterator[SbcProcess]:
+def _node(base: Path, name: str, pbx: int, rules: Path, url: str,
+          unknown_source: str = "allow") -> Iterator[SbcProcess]:
     directory = base / name
     directory.mkdir()
     ports = dict(sip=free_port(), tls=0, internal=free_port(socket.SOCK_DGRAM))
     config = sbc_config(ports["sip"], ports["internal"], pbx, [str(rules)], node=name,
-                        unknown_source="allow", state=_state(url))
+                        unknown_source=unknown_source, state=_state(url))
     with launched_sbc(directory, config, directory, ports) as sbc:
         yield sbc
 
@@ -218,3 +236,79 @@ def test_redis_outage_fails_open_closed_rules_refuse_and_recovery(tmp_path: Path
     assert len(unreachable) == 1 and len(security_events(sbc.log, "state.recovered")) == 1
     counters = last_counters(sbc.log)
     assert counters.get("policy.store_failed", 0) >= 1
+
+
+def _bindings(store: RedisStore, aor: str) -> list[dict]:
+    (result,) = store.execute([BindingGet(aor)], time.time())
+    assert isinstance(result, BindingsResult)
+    return [dict(json.loads(b.value), id=b.binding_id) for b in result.bindings]
+
+
+def test_a_phone_registered_through_one_node_calls_through_the_other(tmp_path: Path) -> None:
+    require_tool("redis-server")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ADMISSION_RULES)
+    with private_redis(tmp_path, free_port()) as redis, FakePbx() as pbx, \
+            _node(tmp_path, "node-a", pbx.port, rules, redis.url, "reject") as a, \
+            _node(tmp_path, "node-b", pbx.port, rules, redis.url, "reject") as b:
+        store = RedisStore.from_url(redis.url, clock=time.monotonic)
+        phone = Phone("127.0.0.40", a.sip_port, user="1040")
+        stranger = Phone("127.0.0.41", b.sip_port, user="1041")
+        try:
+            # Asked through A (B would remember the "no" for NEGATIVE_TTL): registered nowhere.
+            refused = phone.call("2001")
+            assert refused is not None and refused.status == 403, refused
+
+            ok = phone.register()
+            assert ok is not None and ok.status == 200, ok
+            # The operator's view: who is registered, through which node, from where.
+            assert wait_until(lambda: _bindings(store, "sip:1040@127.0.0.1"), attempts=20)
+            (record,) = _bindings(store, "sip:1040@127.0.0.1")
+            assert (record["node"], record["ip"], record["port"], record["transport"],
+                    record["interface"]) == ("node-a", "127.0.0.40", phone.port, "udp",
+                                             "external")
+            assert record["id"].startswith("node-a:")
+            assert [r["id"] for r in _bindings(store, "src:127.0.0.40")] == [record["id"]]
+
+            # Node B never saw the REGISTER; it admits the phone's call all the same.
+            phone.sbc_port = b.sip_port
+            answered = phone.call("2002")
+            assert answered is not None and answered.status == 200, answered
+            assert len(pbx.calls("INVITE", user="2002")) == 1
+            bye = phone.bye(answered)
+            assert bye is not None and bye.status == 200, bye
+            refused = stranger.call("2003")  # another address, registered nowhere
+            assert refused is not None and refused.status == 403, refused
+
+            # Unregistered through A: both records go, and B refuses the phone again once
+            # its cached answer is POSITIVE_TTL old at most.
+            phone.sbc_port = a.sip_port
+            gone = phone.register(expires=0)
+            assert gone is not None and gone.status == 200, gone
+            unregistered_at = time.monotonic()
+            assert wait_until(lambda: not _bindings(store, "src:127.0.0.40"), attempts=20)
+            assert _bindings(store, "sip:1040@127.0.0.1") == []
+            phone.sbc_port = b.sip_port
+            status = None
+            for n in range(int(POSITIVE_TTL / 0.5) + 4):  # bounded: one try per 0.5 s
+                answer = phone.call(f"2004{n}")
+                status = answer.status if answer is not None else None
+                if status == 403:
+                    break
+                if answer is not None and status == 200:
+                    phone.bye(answer)
+                time.sleep(0.5)
+            assert status == 403, status
+            assert time.monotonic() - unregistered_at < POSITIVE_TTL + 2.0
+        finally:
+            store.close()
+            phone.close()
+            stranger.close()
+        assert a.alive() and b.alive()
+        assert pbx.calls("INVITE", user="2003") == set()
+    counters_a, counters_b = last_counters(a.log), last_counters(b.log)
+    assert counters_a.get("bindings.published", 0) >= 2  # registered, unregistered
+    assert counters_b.get("admitted.registered_elsewhere", 0) >= 1
+    assert counters_b.get("refused.external", 0) >= 2  # the stranger, the unregistered phone
+    assert counters_b.get("bindings.lookup", 0) >= 1
+    assert "bindings.publish_failed" not in counters_a

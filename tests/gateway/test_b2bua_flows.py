@@ -312,6 +312,75 @@ def test_unknown_source_is_refused_registered_and_trunk_sources_call() -> None:
     one_request(t.to_pbx(), "INVITE")
 
 
+def parsed(raw: bytes) -> Request:
+    message = parse_message(raw)
+    assert isinstance(message, Request)
+    return message
+
+
+def test_a_source_registered_elsewhere_is_admitted_only_with_the_edge_flag() -> None:
+    """An INVITE from an unregistered flow is refused, and admitted (counted) when the edge
+    says its address is registered in the shared store; the flag opens nothing on the internal
+    interface, and a flow registered here needs no flag."""
+    for policy, refused in (("reject", [403]), ("drop", [])):
+        p = setup(replace(STRICT, unknown_source=policy))
+        p.b2bua.receive(parsed(invite()), PHONE, T0)
+        p._collect()
+        assert [m.status for m in p.to_phone() if isinstance(m, Response)] == refused
+        assert p.to_pbx() == []
+        other = invite().replace(b"phone-call-1", b"phone-call-2").replace(b"phone1", b"phone2")
+        p.b2bua.receive(parsed(other), PHONE, T0 + 1, registered_elsewhere=True)
+        p._collect()
+        one_response(p.to_phone(), 100)
+        one_request(p.to_pbx(), "INVITE")
+        assert p.b2bua.counters["admitted.registered_elsewhere"] == 1
+
+    p = setup()
+    token = registered(p)
+    stranger = Origin(INTERNAL, "udp", "10.0.0.99", 5060)
+    p.b2bua.receive(parsed(pbx_invite(token)), stranger, T0 + 5, registered_elsewhere=True)
+    p._collect()
+    one_response(p.to_pbx(), 403)
+    p.b2bua.receive(parsed(invite()), PHONE, T0 + 6, registered_elsewhere=True)
+    p._collect()
+    one_response(p.to_phone(), 100)
+    assert "admitted.registered_elsewhere" not in p.b2bua.counters  # admitted as registered
+
+
+def test_registration_matters_only_where_admission_depends_on_it() -> None:
+    """The edge looks up other nodes' registrations only for an INVITE outside a dialog from
+    an outside source that is neither a trunk nor admitted anyway by unknown_source."""
+    trunk = Trunk("carrier", (ipaddress.ip_network("198.51.100.0/24"),))
+    b2bua = B2BUA(replace(STRICT, trunks=(trunk,)), CountingIdSource("x"))
+    new_call = parsed(invite())
+    in_call = parsed(invite().replace(b"To: <sip:1002@sbc.example.com>",
+                                      b"To: <sip:1002@sbc.example.com>;tag=b2b1"))
+    assert b2bua.registration_matters(new_call, PHONE)
+    assert not b2bua.registration_matters(in_call, PHONE)
+    assert not b2bua.registration_matters(parsed(register(1)), PHONE)
+    options = phone_request("OPTIONS", "<sip:sbc.example.com>", 1, "z9hG4bKo")
+    assert not b2bua.registration_matters(parsed(options), PHONE)
+    assert not b2bua.registration_matters(new_call, Origin(EXTERNAL, "udp", "198.51.100.7", 5060))
+    assert not b2bua.registration_matters(new_call, Origin(INTERNAL, "udp", "10.0.0.5", 5060))
+    allowing = B2BUA(replace(STRICT, unknown_source="allow"), CountingIdSource("x"))
+    assert not allowing.registration_matters(new_call, PHONE)
+
+
+def test_binding_changes_are_reported_for_the_edge() -> None:
+    """A registration through the challenge is one live change on the phone's flow, with the
+    client-side deadline; the flow closing is one change that says it is gone."""
+    p = setup()
+    token = registered(p, PHONE_TCP)
+    (change,) = p.b2bua.binding_changes
+    assert (change.reason, change.token, change.aor, change.flow, change.source,
+            change.expires_at) == ("registered", token, "sip:1001@sbc.example.com", PHONE_TCP,
+                                   PHONE_TCP.address, T0 + 0.11 + 120)
+    p.b2bua.binding_changes.clear()
+    p.b2bua.flow_closed(PHONE_TCP, T0 + 10)
+    assert [(c.reason, c.token, c.expires_at) for c in p.b2bua.binding_changes] == [
+        ("flow_closed", token, None)]
+
+
 def test_internal_requests_only_from_the_pbx() -> None:
     p = setup()
     token = registered(p)

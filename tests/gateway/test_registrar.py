@@ -6,6 +6,7 @@ import pytest
 
 from sbc.gateway.registrar import (
     AuthFailures,
+    BindingChange,
     BindingState,
     Delivery,
     PreparedRegister,
@@ -364,6 +365,92 @@ def test_same_instance_and_reg_id_on_a_new_flow_supersedes_the_old():
     ]
     out = reg.on_pbx_response(p.handle, pbx_response(200, (tok("tok2", 3600),)), T0 + 30)
     assert out.removed == ["tok1"] and [b.token for b in reg.bindings(p.aor)] == ["tok2"]
+
+
+# -- binding changes (what the edge publishes to the shared store) -----------------------------
+
+AOR = "sip:1001@pbx.example.com"
+
+
+def drained(reg: Registrar) -> list[BindingChange]:
+    out = list(reg.changes)
+    reg.changes.clear()
+    return out
+
+
+def test_changes_for_registration_refreshes_and_unregistration():
+    """The PBX's 200 makes a binding live (client deadline, not the PBX's), a relayed or a
+    local refresh moves its deadline, and a Contact with expires=0 removes it; the challenge
+    and the pending REGISTER report nothing."""
+    reg = Registrar(CountingIdSource("tok"))
+    p = prepare(reg, request("yealink-register.sip"))
+    reg.on_pbx_response(p.handle, corpus("asterisk-register-401.sip"), T0 + 0.05)
+    assert drained(reg) == []
+    p = prepare(reg, request("yealink-register-auth.sip"), T0 + 0.1)
+    assert drained(reg) == []
+    reg.on_pbx_response(p.handle, pbx_response(200, (tok("tok1", 3599),)), T0 + 0.2)
+    assert drained(reg) == [BindingChange("registered", "tok1", AOR, PHONE, FLOW, T0 + 120.2)]
+
+    p = prepare(reg, request("yealink-register-auth.sip"), T0 + 60)
+    assert p.relay is False
+    reg.answer_locally(p.handle, T0 + 60)
+    assert drained(reg) == [BindingChange("refreshed", "tok1", AOR, PHONE, FLOW, T0 + 180)]
+    p = prepare(reg, register(contacts=("<sip:1001@192.0.2.101:5060>",), expires=1800), T0 + 90)
+    assert p.relay is True  # the expiry asked for changed
+    reg.on_pbx_response(p.handle, pbx_response(200, (tok("tok1", 1800),)), T0 + 91)
+    assert drained(reg) == [BindingChange("refreshed", "tok1", AOR, PHONE, FLOW, T0 + 211)]
+
+    p = prepare(reg, register(contacts=("<sip:1001@192.0.2.101:5060>;expires=0",)), T0 + 100)
+    assert drained(reg) == []  # removed only when the PBX agrees
+    reg.on_pbx_response(p.handle, pbx_response(200), T0 + 101)
+    assert drained(reg) == [BindingChange("unregistered", "tok1", AOR, PHONE, FLOW, None)]
+
+
+def test_changes_at_expiry_and_flow_death_are_reported_once():
+    """A binding swept at its client deadline is reported expired; one whose connection
+    closed is reported at once and not again when it is swept or unregistered later."""
+    reg = registered()
+    drained(reg)
+    assert reg.expire(T0 + 119) == [] and drained(reg) == []
+    reg.expire(T0 + 120)
+    assert drained(reg) == [BindingChange("expired", "tok1", AOR, PHONE, FLOW, None)]
+
+    reg = registered()
+    drained(reg)
+    reg.flow_closed(FLOW, T0 + 50)
+    assert drained(reg) == [BindingChange("flow_closed", "tok1", AOR, PHONE, FLOW, None)]
+    reg.flow_closed(FLOW, T0 + 51)
+    reg.expire(T0 + 120)
+    assert drained(reg) == []
+
+
+def test_pending_and_refused_bindings_are_never_reported():
+    """A new binding the PBX refuses, or never answers, was never live: nothing to report."""
+    reg = Registrar(CountingIdSource("tok"))
+    p = prepare(reg, register())
+    reg.on_pbx_response(p.handle, pbx_response(403, reason="Forbidden"), T0 + 1)
+    prepare(reg, register("1002"), T0 + 2)
+    reg.expire(T0 + 40)
+    assert len(reg) == 0 and drained(reg) == []
+
+
+def test_a_superseded_flow_is_reported_gone_and_the_new_one_live():
+    """RFC 5626 6: the old flow's binding goes (unregistered) in the same answer that makes
+    the new flow's binding live, in that order."""
+    reg = Registrar(CountingIdSource("tok"))
+    req = request("baresip-register-tls.sip")
+    old = ("tls", 5061, "192.0.2.160", 43219, 7)
+    new = ("tls", 5061, "192.0.2.160", 43220, 8)
+    p = prepare(reg, req, flow=old, source=("192.0.2.160", 43219), transport="tls")
+    reg.on_pbx_response(p.handle, pbx_response(200, (tok("tok1", 3600),)), T0)
+    p = prepare(reg, req, T0 + 30, flow=new, source=("192.0.2.160", 43220), transport="tls")
+    reg.on_pbx_response(p.handle, pbx_response(200, (tok("tok2", 3600),)), T0 + 30)
+    aor = "sip:alice@sip.example.com"
+    assert drained(reg) == [
+        BindingChange("registered", "tok1", aor, ("192.0.2.160", 43219), old, T0 + 120),
+        BindingChange("unregistered", "tok1", aor, ("192.0.2.160", 43219), old, None),
+        BindingChange("registered", "tok2", aor, ("192.0.2.160", 43220), new, T0 + 150),
+    ]
 
 
 def test_client_never_sees_the_pbx_or_our_tokens():

@@ -18,7 +18,7 @@ from sbc.config.model import (
     default_internal,
 )
 from sbc.errors import ConfigError
-from sbc.gateway.b2bua import B2BUA, EXTERNAL, INTERNAL, B2buaSettings, SipAddress
+from sbc.gateway.b2bua import B2BUA, EXTERNAL, INTERNAL, B2buaSettings, Origin, SipAddress
 from sbc.gateway.stateless import StatelessCore
 from sbc.ids import CountingIdSource
 from sbc.net.driver import Driver, b2bua_settings_from
@@ -226,3 +226,59 @@ def test_a_closed_connection_closes_the_flow() -> None:
     driver.receive(invite, INTERNAL, "udp", PBX)
     assert parse_message(internal.written[-1][0]).status == 480  # type: ignore[union-attr]
     assert driver.counters["driver.no_connection"] == 0
+
+
+class Gate:
+    """Records what the driver hands the policy gate after each input."""
+
+    def __init__(self) -> None:
+        self.changes: list[Any] = []
+
+    def binding_changed(self, change: Any) -> None:
+        self.changes.append(change)
+
+    def event(self, fact: Any) -> None:
+        pass
+
+
+def test_binding_changes_go_to_the_gate_and_the_flag_to_the_b2bua() -> None:
+    """A registration the PBX accepts, and its connection closing, reach the gate as binding
+    changes right after the input that made them; without a gate they are dropped, not kept.
+    A request the gate delivers as registered elsewhere is admitted by a strict B2BUA."""
+    driver, clock, ext, internal = make()
+    gate = Gate()
+    driver.gate = gate  # type: ignore[assignment]
+    stream = Stream()
+    stream.tls = True  # type: ignore[attr-defined]
+    driver.stream_made(EXTERNAL, PHONE, stream)
+    driver.deliver(request("REGISTER", "TLS"), Origin(EXTERNAL, "tls", *PHONE))
+    register = parse_message(internal.written[-1][0])
+    assert isinstance(register, Request) and gate.changes == []
+    driver.receive(build_response(register, 200, to_tag="pbx9", extra=[
+        ("Contact", register.headers.get("contact") or "")]), INTERNAL, "udp", PBX)
+    assert [(c.reason, c.source) for c in gate.changes] == [("registered", PHONE)]
+    driver.stream_lost(EXTERNAL, PHONE, stream)
+    assert [c.reason for c in gate.changes] == ["registered", "flow_closed"]
+    assert not driver.b2bua.binding_changes
+
+    driver.gate = None
+    driver.receive(request("REGISTER"), EXTERNAL, "udp", PHONE)
+    register = parse_message(internal.written[-1][0])
+    assert isinstance(register, Request)
+    driver.receive(build_response(register, 200, to_tag="pbx8", extra=[
+        ("Contact", register.headers.get("contact") or "")]), INTERNAL, "udp", PBX)
+    assert not driver.b2bua.binding_changes and len(gate.changes) == 2
+
+    strict = replace(SETTINGS, unknown_source="reject")
+    ids = CountingIdSource("s")
+    driver = Driver(B2BUA(strict, ids), StatelessCore(new_tag=ids.tag), clock)
+    ext = Udp()
+    driver.add_udp(EXTERNAL, ext)
+    driver.add_udp(INTERNAL, Udp())
+    driver.deliver(request("INVITE"), Origin(EXTERNAL, "udp", *PHONE))
+    assert parse_message(ext.written[-1][0]).status == 403  # type: ignore[union-attr]
+    again = parse_message(request("INVITE").to_bytes().replace(b"INVITE1", b"INVITE2")
+                          .replace(b"phone-call-1", b"phone-call-2"))
+    assert isinstance(again, Request)
+    driver.deliver(again, Origin(EXTERNAL, "udp", *PHONE), registered_elsewhere=True)
+    assert parse_message(ext.written[-1][0]).status == 100  # type: ignore[union-attr]
