@@ -167,6 +167,12 @@ class PolicyGate:
         """Decide the request at the head of its source's queue: first, when it can matter,
         whether its source is registered on another node (see the module docstring)."""
         now = self.reactor.seconds()
+        if self.banned(origin.host):
+            # Queued before its source was banned: dropped, as it would be arriving now (and
+            # it never reaches a shared budget such as the calls-per-second admission limit).
+            self.counters["policy.dropped_queued"] += 1
+            self._next(origin.host)
+            return
         try:
             local = self.registered(origin, now) if self.registered is not None else None
             ask = not local and self._shared_needed(request, origin)
@@ -500,6 +506,12 @@ class PolicyGate:
             ops.append(AppendEvent(EVENTS_STREAM, json.dumps(
                 {"time": now, "node": self.node, **fields}, sort_keys=True, default=str),
                 cap=EVENTS_KEPT))
+        for op in ops:
+            if isinstance(op, SetBan):
+                # Held here at once: this source's requests already queued, and those arriving
+                # before the store answers, are dropped (the store's notice then sets the
+                # escalated expiry on every node, this one included).
+                self.cache.apply(BanNotice(op.key, now + op.duration, reason=op.reason))
         if ops:
             self._run(ops, now)
         return verdict

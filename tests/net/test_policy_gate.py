@@ -431,3 +431,18 @@ def test_rules_that_test_registered_are_recognised() -> None:
     assert reads_registered(ruleset(NOT_REGISTERED_RULES))
     assert reads_registered(ruleset(RULES.replace(
         "match: {method: OPTIONS}", "match: {method: OPTIONS}\n    unless: {registered: true}")))
+
+
+def test_requests_queued_behind_their_sources_ban_are_dropped() -> None:
+    """A scanner's later requests wait behind its first decision; once that bans the source
+    they are dropped as they would be arriving now (never reaching a shared budget), and
+    another source goes on."""
+    pool = SteppedPool()
+    gate, _store, delivered, sent, _reactor = shared(matters=False, threads=pool)
+    gate.request(options(1, "friendly-scanner"), PHONE)
+    gate.request(options(2), PHONE)
+    gate.request(options(3), PHONE)
+    gate.request(options(4), Origin(EXTERNAL, "udp", "192.0.2.9", 5060))
+    pool.run_all()
+    assert [seq for seq, _ in delivered] == [4] and sent == []
+    assert gate.counters["policy.dropped_queued"] == 2 and not gate._busy  # noqa: SLF001
