@@ -19,6 +19,7 @@ import importlib
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import sbc
 from sbc.app import certs
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     rules = commands.add_parser(
         "check-rules", help="validate rule files (default: the configuration's rules.files)"
     )
-    rules.add_argument("files", nargs="*", metavar="FILE", help="rule files")
+    rules.add_argument("files", nargs="*", metavar="FILE",
+                       help="rule files, or directories of *.yaml rule files")
     rules.add_argument(
         "-c", "--config", metavar="FILE", help="take the rule files from this configuration"
     )
@@ -180,7 +182,13 @@ def cmd_check_rules(files: Sequence[str], config_file: str | None) -> int:
     exit 1 (like check-config), or a one-line summary on stdout and exit 0."""
     from sbc.policy.loader import load_rules
 
-    paths: list[str] = list(files)
+    paths: list[str] = []
+    for name in files:  # a directory stands for its *.yaml files, in name order
+        path = Path(name)
+        paths.extend(sorted(str(p) for p in path.glob("*.yaml")) if path.is_dir() else [name])
+    if files and not paths:
+        _err(f"check-rules: no *.yaml rule files in {' '.join(files)}")
+        return EXIT_FAILED
     if not paths:
         if config_file is None:
             _err("check-rules: give rule files, or -c CONFIG to check its rules.files")

@@ -69,6 +69,7 @@ from sbc.policy.match import (
 )
 from sbc.policy.model import (
     ALLOW,
+    DISTINCT_FIELDS,
     SEVERITY,
     Alert,
     AlertLevel,
@@ -92,6 +93,8 @@ from sbc.policy.model import (
 from sbc.policy.tz import DAY, get_zone
 from sbc.state.base import (
     BanResult,
+    DistinctHit,
+    DistinctResult,
     FixedWindowHit,
     GetBan,
     HitResult,
@@ -389,6 +392,11 @@ def _op(rule: Rule, key: str, ctx: Context) -> Op | None:
     store_key = _store_key(rule, key)
     algorithm = count.algorithm
     limit = int(count.limit)
+    if count.distinct is not None:
+        value = _distinct_value(count.distinct, ctx)
+        if not value:
+            return None  # the field is unknown: this event is not counted
+        return DistinctHit(store_key, _part(value), count.window, limit)
     if algorithm == "fixed_window":
         return FixedWindowHit(store_key, count.window, limit)
     if algorithm == "sliding_window":
@@ -411,6 +419,19 @@ def _op(rule: Rule, key: str, ctx: Context) -> Op | None:
             return None
         return LeaseAcquire(store_key, call_id, limit, count.ttl)
     raise AssertionError(algorithm)  # pragma: no cover -- the loader knows every algorithm
+
+
+def _distinct_value(name: str, ctx: Context) -> str | None:
+    """The value of ``count.distinct`` for this event: addresses normalised as for keys,
+    domains in lower case (``None``: unknown)."""
+    if name == "source_ip":
+        return ctx.ip_text
+    if name == "source_net24":
+        return ctx.net_text
+    value = getattr(ctx.event, DISTINCT_FIELDS[name], None)
+    if value is not None and name.endswith("_domain"):
+        return str(value).lower()
+    return value
 
 
 class _Decision:
@@ -525,6 +546,16 @@ class _Decision:
                     retry = result.retry_after
                 else:
                     level = _crossing(result.count, math.inf, count.warning, 1.0)
+            elif isinstance(result, DistinctResult):
+                counts["count"] = result.count
+                if not result.allowed:
+                    level = "critical"
+                    counts["retry_after"] = result.retry_after
+                    retry = result.retry_after
+                elif result.new:
+                    level = _crossing(result.count, math.inf, count.warning, 1.0)
+                else:
+                    level = None  # a value already counted changes nothing
             elif isinstance(result, LeaseResult):
                 counts["count"] = result.count
                 level = ("critical" if not result.ok

@@ -136,6 +136,22 @@ loads this example)::
         actions:
           - ban: {duration: 1h, key: source_net24}
 
+      - id: extension-walk
+        description: Not found answered to one address for many different users.
+        on: response
+        match:
+          method: [REGISTER, OPTIONS]
+          status: [404, 484]
+        count: {key: source_ip, distinct: to_user, algorithm: sliding_window, window: 1h,
+                limit: 10}
+                                     # distinct: count the different values of this field per
+                                     #   key (a value already counted counts once), in an exact
+                                     #   sliding window: sliding_window only, limit at most 1000;
+                                     #   to_user, ruri_user, from_user, username, account,
+                                     #   destination, trunk, user_agent, from_domain, to_domain,
+                                     #   ruri_domain, source_ip, source_net24 (not the key's own)
+        actions: [ban]
+
       - id: connection-flood
         on: connection
         count: {key: source_ip, algorithm: fixed_window, window: 10s, limit: 20}
@@ -233,6 +249,7 @@ from sbc.policy.model import (
     ALGORITHMS,
     CALL_KINDS,
     DISPOSITIONS,
+    DISTINCT_FIELDS,
     EVENT_FIELDS,
     EVENT_KINDS,
     FAIL_MODES,
@@ -255,6 +272,7 @@ from sbc.policy.model import (
     Tarpit,
 )
 from sbc.policy.tz import ZoneError, get_zone
+from sbc.state.base import MAX_DISTINCT_LIMIT
 
 MAX_RULE_FILE_BYTES = 1024 * 1024
 MAX_LIST_FILE_BYTES = 16 * 1024 * 1024
@@ -309,7 +327,8 @@ LIST_KINDS = ("networks", "prefixes", "strings")
 FEED_KEYS = ("url", "file", "refresh", "description")
 RULE_KEYS = ("id", "description", "on", "enabled", "mode", "fail", "applies_to_trusted",
              "timezone", "match", "unless", "count", "actions")
-COUNT_KEYS = ("key", "algorithm", "window", "limit", "warning", "rate", "burst", "ttl")
+COUNT_KEYS = ("key", "algorithm", "window", "limit", "warning", "rate", "burst", "ttl",
+              "distinct")
 ACTION_NAMES = ("allow", "reject", "drop", "tarpit", "ban", "end_calls", "lock_account", "alert")
 ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "allow": (),
@@ -333,7 +352,7 @@ END_CALLS_FIELDS = {"account": "account", "call": "call_id", "trunk": "trunk",
 ALGORITHM_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # algorithm: (required, optional) count keys besides key and algorithm
     "fixed_window": (("window", "limit"), ("warning",)),
-    "sliding_window": (("window", "limit"), ("warning",)),
+    "sliding_window": (("window", "limit"), ("warning", "distinct")),
     "sequential_same_destination": (("window", "limit"), ("warning",)),
     "token_bucket": (("rate", "burst"), ("warning",)),
     "concurrent": (("limit",), ("warning", "ttl")),
@@ -343,6 +362,8 @@ ALGORITHM_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 ALGORITHM_KINDS = {"concurrent": ("call_start",), "duration": ("call_tick", "call_end")}
 DEFAULT_LEASE_TTL = 300.0  # seconds; a call tick renews it (CallTick.interval must be shorter)
 MAX_LIMIT = 1_000_000_000
+DISTINCT_LIMIT_EXPECTED = (f"an integer in 0..{MAX_DISTINCT_LIMIT} (a distinct count keeps at most "
+                           f"{MAX_DISTINCT_LIMIT} values per key)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1071,9 +1092,11 @@ class _Loader:
         required, optional = ALGORITHM_KEYS[algorithm]
         for key in COUNT_KEYS[2:]:
             if key in s and key not in required + optional:
+                expected = ("algorithm: sliding_window (distinct values are counted in an exact "
+                            "sliding window)" if key == "distinct" else
+                            "one of: " + ", ".join(("key", "algorithm") + required + optional))
                 r.error(s.path_of(key), f"'{key}' is not used by {algorithm}",
-                        expected="one of: " + ", ".join(("key", "algorithm") + required + optional),
-                        location=r.where(s.path_of(key)))
+                        expected=expected, location=r.where(s.path_of(key)))
         for key in required:
             if key not in s:
                 r.error(s.path_of(key), f"missing required key '{key}' for {algorithm}",
@@ -1081,9 +1104,15 @@ class _Loader:
         if "key" not in s and algorithm != "duration":
             r.error(s.path_of("key"), "missing required key 'key'",
                     expected="one or a list of: " + ", ".join(KEY_KINDS), location=where)
+        counts_distinct = "distinct" in s and algorithm == "sliding_window"
+        distinct = self._count_distinct(r, s, kind, keys) if counts_distinct else None
         if algorithm == "duration":
             def read_limit(n: yaml.Node, p: str) -> float | None:
                 return _duration(r, n, p, maximum=7 * 86400)
+        elif counts_distinct:
+            def read_limit(n: yaml.Node, p: str) -> float | None:
+                value = r.integer(n, p, 0, MAX_DISTINCT_LIMIT, DISTINCT_LIMIT_EXPECTED)
+                return None if value is None else float(value)
         else:
             def read_limit(n: yaml.Node, p: str) -> float | None:
                 value = r.integer(n, p, 0, MAX_LIMIT)
@@ -1106,7 +1135,28 @@ class _Loader:
             ttl=_get(s, "ttl", DEFAULT_LEASE_TTL,
                      lambda n, p: _duration(r, n, p, minimum=1, maximum=86400)),
             warning=warning,
+            distinct=distinct,
         )
+
+    def _count_distinct(self, r: Reader, s: Section, kind: str | None,
+                        keys: tuple[str, ...]) -> str | None:
+        """The field whose distinct values a count counts: one the event kind has, not a key."""
+        node = s.node_of("distinct")
+        path = s.path_of("distinct")
+        assert node is not None
+        name = r.choice(node, path, tuple(DISTINCT_FIELDS))
+        if name is None:
+            return None
+        if kind is not None and DISTINCT_FIELDS[name] not in EVENT_FIELDS[kind]:
+            valid = [n for n, f in DISTINCT_FIELDS.items() if f in EVENT_FIELDS[kind]]
+            r.error(path, f"on: {kind} events have no {name}",
+                    expected="one of: " + ", ".join(valid), node=node)
+            return None
+        if name in keys:
+            r.error(path, f"{name} is also the key: it has one value per counter",
+                    expected="a field other than the key's", node=node)
+            return None
+        return name
 
     def _count_key(self, r: Reader, s: Section, kind: str | None,
                    has_prefixes: bool) -> tuple[str, ...]:

@@ -207,6 +207,23 @@ KEY_FIELDS: dict[str, str | None] = {
     "destination": "destination",
     "global": None,
 }
+# The fields a count may count the distinct values of (``count.distinct``), and the event field
+# each reads (source_net24: the /24 or /64 of source_ip).  Domains are compared in lower case.
+DISTINCT_FIELDS: dict[str, str] = {
+    "to_user": "to_user",
+    "ruri_user": "ruri_user",
+    "from_user": "from_user",
+    "username": "username",
+    "account": "account",
+    "destination": "destination",
+    "trunk": "trunk",
+    "user_agent": "user_agent",
+    "from_domain": "from_domain",
+    "to_domain": "to_domain",
+    "ruri_domain": "ruri_domain",
+    "source_ip": "source_ip",
+    "source_net24": "source_ip",
+}
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "concurrent", "daily",
               "sequential_same_destination", "duration")
 
@@ -219,7 +236,9 @@ class Count:
     actions (window algorithms allow ``limit`` hits per window; a token bucket fires when it
     is empty; ``concurrent`` when ``limit`` calls are live; ``duration`` when a call lasts more
     than ``limit`` seconds).  ``warning``, when set, fires an alert alone the first time the
-    count goes past it.
+    count goes past it.  ``distinct`` (sliding_window only) names a field of
+    :data:`DISTINCT_FIELDS`: the count is then the number of its distinct values per key in the
+    window (an exact sliding window), not the number of events.
     """
 
     key: tuple[str, ...]
@@ -229,6 +248,7 @@ class Count:
     rate: float = 0.0  # token_bucket: tokens per second
     ttl: float = 0.0  # concurrent: lease time to live (renewed by call ticks)
     warning: float | None = None
+    distinct: str | None = None
 
     @property
     def per_source(self) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from sbc.state.base import HitResult
+from sbc.state.base import DistinctResult, HitResult
 
 INF = math.inf
 
@@ -150,6 +150,53 @@ def token_bucket_result(
         retry_after = max(0.0, stamp - now) + (cost - tokens) / rate
     return HitResult(allowed, burst - tokens, tokens, retry_after,
                      stamp + (burst - tokens) / rate)
+
+
+# -- distinct members (an exact sliding window): state {member: last seen} ----------------------
+
+DistinctState = dict[str, float]
+
+
+def distinct_step(
+    members: DistinctState, member: str, window: float, limit: int, now: float
+) -> tuple[bool, int, bool, float]:
+    """Count ``member`` in ``members`` (changed in place): (allowed, count, new, oldest).
+
+    Members last seen ``window`` seconds ago or more are dropped; then, should more than ``limit``
+    be held (a limit lowered since they were counted), the oldest (by last seen, then by member,
+    Redis's sorted-set order) until ``limit`` are.  ``oldest`` is the earliest last-seen time of
+    the members kept (0 when none).  The state's expiry is its newest member's last-seen time
+    plus ``window``."""
+    cutoff = now - window
+    for gone in [m for m, seen in members.items() if seen <= cutoff]:
+        del members[gone]
+    if len(members) > limit:
+        ranked = sorted(members.items(), key=lambda item: (item[1], item[0]))
+        for gone, _ in ranked[:len(members) - limit]:
+            del members[gone]
+    seen = members.get(member)
+    if seen is not None:
+        if now > seen:  # a clock behind the last sighting (another node's skew) changes nothing
+            members[member] = now
+        allowed, new, count = True, False, len(members)
+    elif len(members) < limit:
+        members[member] = now
+        allowed, new, count = True, True, len(members)
+    else:
+        allowed, new, count = False, True, len(members) + 1
+    oldest = min(members.values()) if members else 0.0
+    return allowed, count, new, oldest
+
+
+def distinct_result(allowed: bool, count: int, new: bool, oldest: float, window: float,
+                    limit: int, now: float) -> DistinctResult:
+    if allowed:
+        retry_after = 0.0
+    elif limit == 0:
+        retry_after = INF
+    else:
+        retry_after = max(0.0, oldest + window - now)
+    return DistinctResult(allowed, count, new, retry_after)
 
 
 # -- bans ----------------------------------------------------------------------------------------

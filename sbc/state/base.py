@@ -23,6 +23,7 @@ op                     result                 meaning
 FixedWindowHit         HitResult              ``limit`` per aligned window of ``window`` seconds
 SlidingWindowHit       HitResult              two-window approximation of a sliding window
 TokenBucketTake        HitResult              ``rate`` tokens/s, at most ``burst``
+DistinctHit            DistinctResult         distinct members of a key in a sliding window
 GetBan                 BanResult              the active ban, and the ban level (prior bans)
 SetBan                 BanResult              ban with escalation (fail2ban ``bantime.increment``)
 ClearBan               BanResult              lift a ban (optionally forget its history)
@@ -52,6 +53,17 @@ key per source address under a spoofed flood), and it is exact whenever the prev
 were spread evenly; the error is bounded by the previous window's count times the fraction of it
 that is misattributed.  A fixed window allows up to ``2 * limit`` across a boundary; the sliding
 estimate does not.
+
+Distinct counting: ``DistinctHit(key, member, window, limit)`` counts the distinct ``member``
+values seen under ``key`` in the last ``window`` seconds (an exact sliding window: each member is
+kept with the time it was last seen, and leaves the count ``window`` seconds after that).  Like
+the other counters, a refused hit is not counted: a member not yet counted when ``limit`` members
+are is refused (``allowed=False``, ``count = limit + 1``) and not kept, while a member already
+counted is always allowed and only refreshed.  So a key never holds more than ``limit`` members,
+and ``limit`` is at most :data:`MAX_DISTINCT_LIMIT`: the memory of a key is bounded by ``limit``
+members of at most :data:`MAX_KEY_LENGTH` characters each (callers hash longer values; the rule
+engine hashes any value over 64 characters), and the key is dropped ``window`` seconds after its
+newest member was last seen.  Members are opaque strings, compared exactly.
 
 Bans and escalation: ``SetBan(key, duration, factor=2, decay=86400)`` bans for ``duration *
 factor ** (level - 1)`` (capped by ``max_duration``) where ``level`` is one more than the number of
@@ -90,6 +102,7 @@ from typing import Any, Generic, Protocol, TypeVar, Union
 from sbc.errors import SbcError
 
 MAX_KEY_LENGTH = 512  # characters; a key is built from addresses, account names and rule ids
+MAX_DISTINCT_LIMIT = 1000  # members one DistinctHit key may hold (its limit), at most
 
 
 class StoreError(SbcError):
@@ -126,6 +139,23 @@ class HitResult:
     remaining: float
     retry_after: float
     reset_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctResult:
+    """The outcome of a distinct-value hit.
+
+    ``count`` is the number of distinct members counted in the window with this one (when
+    refused: the ``limit`` members held plus this one, which is not kept), ``new`` whether this
+    member was not counted before the hit, and ``retry_after`` 0 when allowed, otherwise the
+    seconds until the oldest member leaves the window and a new one fits (``inf`` when ``limit``
+    is 0).
+    """
+
+    allowed: bool
+    count: int
+    new: bool
+    retry_after: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +248,7 @@ class EventsResult:
 
 Result = Union[  # noqa: UP007 -- a runtime alias used with isinstance()
     HitResult,
+    DistinctResult,
     BanResult,
     TrustResult,
     LeaseResult,
@@ -227,8 +258,8 @@ Result = Union[  # noqa: UP007 -- a runtime alias used with isinstance()
     EventsResult,
 ]
 
-R = TypeVar("R", HitResult, BanResult, TrustResult, LeaseResult, StatResult, StatsResult,
-            BindingsResult, EventsResult)
+R = TypeVar("R", HitResult, DistinctResult, BanResult, TrustResult, LeaseResult, StatResult,
+            StatsResult, BindingsResult, EventsResult)
 
 
 # -- ops -----------------------------------------------------------------------------------------
@@ -307,6 +338,29 @@ class TokenBucketTake(_Op[HitResult]):
         _check_positive("rate", self.rate)
         _check_positive("burst", self.burst)
         _check_count("cost", self.cost)
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctHit(_Op[DistinctResult]):
+    """Count ``member`` among the distinct members of ``key`` seen in the last ``window``
+    seconds, allowing at most ``limit`` of them (at most :data:`MAX_DISTINCT_LIMIT`).
+
+    A member already counted is refreshed (it now leaves the window ``window`` seconds from
+    ``now``) and allowed; a new one is kept and allowed while fewer than ``limit`` are counted,
+    else refused and not kept."""
+
+    key: str
+    member: str
+    window: float
+    limit: int
+
+    def __post_init__(self) -> None:
+        _check_key("key", self.key)
+        _check_key("member", self.member)
+        _check_positive("window", self.window)
+        _check_count("limit", self.limit)
+        if self.limit > MAX_DISTINCT_LIMIT:
+            raise ValueError(f"limit must be at most {MAX_DISTINCT_LIMIT}, not {self.limit!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +605,7 @@ Op = Union[  # noqa: UP007 -- a runtime alias used with isinstance()
     FixedWindowHit,
     SlidingWindowHit,
     TokenBucketTake,
+    DistinctHit,
     GetBan,
     SetBan,
     ClearBan,

@@ -4,15 +4,16 @@ The default when ``state.backend`` is ``memory``, and the reference the Redis st
 against (the same contract suite runs on both).  It never reads a clock and never blocks: the
 reactor thread calls it directly.
 
-Bounded memory: every kind of record (fixed windows, sliding windows, buckets, bans, trust,
-leases, statistics, bindings, event streams) lives in its own table of at most ``max_keys``
-entries.  Each entry has a logical expiry; expired entries are pruned at the start of every
-``execute`` (a heap of expiries, so the cost is proportional to what expires).  When a table is
-full and a new key arrives, the least recently used entry of that table is evicted (and counted in
-``evictions``): under a flood of new source addresses the counters of the oldest, quietest sources
-go first, and, because bans have a table of their own, a flood of counters never evicts a ban.
-``now`` must not go backwards by more than the shortest window in use: entries already pruned
-are not resurrected.
+Bounded memory: every kind of record (fixed windows, sliding windows, buckets, distinct-member
+sets, bans, trust, leases, statistics, bindings, event streams) lives in its own table of at most
+``max_keys`` entries.  Each entry has a logical expiry; expired entries are pruned at the start of
+every ``execute`` (a heap of expiries, so the cost is proportional to what expires).  When a table
+is full and a new key arrives, the least recently used entry of that table is evicted (and counted
+in ``evictions``): under a flood of new source addresses the counters of the oldest, quietest
+sources go first, and, because bans have a table of their own, a flood of counters never evicts a
+ban.  A distinct-member set holds at most its op's ``limit`` members (``MAX_DISTINCT_LIMIT``
+at most, see :mod:`sbc.state.base`).  ``now`` must not go backwards by more than the shortest
+window in use: entries already pruned are not resurrected.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from sbc.state.base import (
     BindingsResult,
     ClearBan,
     ClearTrust,
+    DistinctHit,
+    DistinctResult,
     Event,
     EventsResult,
     FixedWindowHit,
@@ -168,14 +171,15 @@ class MemoryStore:
         self._fixed = _Table(max_keys)
         self._sliding = _Table(max_keys)
         self._buckets = _Table(max_keys)
+        self._distinct = _Table(max_keys)
         self._bans = _Table(max_keys)
         self._trust = _Table(max_keys)
         self._leases = _Table(max_keys)
         self._stats = _Table(max_keys)
         self._bindings = _Table(max_keys)
         self._events = _Table(max_keys)
-        self._tables = (self._fixed, self._sliding, self._buckets, self._bans, self._trust,
-                        self._leases, self._stats, self._bindings, self._events)
+        self._tables = (self._fixed, self._sliding, self._buckets, self._distinct, self._bans,
+                        self._trust, self._leases, self._stats, self._bindings, self._events)
         self._subscribers: list[BanCallback] = []
         self._closed = False
         self._last_now = -math.inf
@@ -183,6 +187,7 @@ class MemoryStore:
             FixedWindowHit: self._fixed_window,
             SlidingWindowHit: self._sliding_window,
             TokenBucketTake: self._token_bucket,
+            DistinctHit: self._distinct_hit,
             GetBan: self._get_ban,
             SetBan: self._set_ban,
             ClearBan: self._clear_ban,
@@ -275,6 +280,18 @@ class MemoryStore:
         self._buckets.put(op.key, state, expires_at, now)
         return alg.token_bucket_result(allowed, state[0], state[1], op.rate, op.burst, op.cost,
                                        now)
+
+    def _distinct_hit(self, op: DistinctHit, now: float, _: list[BanNotice]) -> DistinctResult:
+        members: alg.DistinctState | None = self._distinct.get(op.key, now)
+        if members is None:
+            members = {}
+        allowed, count, new, oldest = alg.distinct_step(members, op.member, op.window, op.limit,
+                                                         now)
+        if members:
+            self._distinct.put(op.key, members, max(members.values()) + op.window, now)
+        else:
+            self._distinct.delete(op.key)
+        return alg.distinct_result(allowed, count, new, oldest, op.window, op.limit, now)
 
     # -- bans and trust ------------------------------------------------------------------------
 

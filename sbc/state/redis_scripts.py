@@ -126,6 +126,44 @@ save(KEYS[1], stamp + (burst - tokens) / rate, 't', fmt(tokens), 's', fmt(stamp)
 return {allowed, fmt(tokens), fmt(stamp)}
 """
 
+# KEYS: members (zset: member -> last seen), expiry (string).  ARGV: now, member, window, limit.
+# -> {allowed, count, new, oldest}.  The twin of algorithms.distinct_step: the set is absent
+# past its logical expiry (its newest member's last sighting + window), members last seen a
+# window ago or more are dropped, then the oldest beyond ``limit`` (a lowered limit).
+DISTINCT = _PRELUDE + """
+local window = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local x = tonumber(redis.call('GET', KEYS[2]))
+if (not x) or x <= now then redis.call('DEL', KEYS[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now - window))
+local held = redis.call('ZCARD', KEYS[1])
+if held > limit then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, held - limit - 1)
+  held = limit
+end
+local allowed, new, count = 1, 0, held
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if seen then
+  if now > tonumber(seen) then redis.call('ZADD', KEYS[1], fmt(now), ARGV[2]) end
+elseif held < limit then
+  redis.call('ZADD', KEYS[1], fmt(now), ARGV[2])
+  new, count = 1, held + 1
+else
+  allowed, new, count = 0, 1, held + 1
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[2] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return {allowed, count, new, '0'}
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local expires_at = tonumber(last[2]) + window
+redis.call('SET', KEYS[2], fmt(expires_at))
+gc(KEYS[1], expires_at, now)
+gc(KEYS[2], expires_at, now)
+return {allowed, count, new, first[2]}
+"""
+
 _BAN_FIELDS = "'u', 'l', 'r', 'e', 's', 'f'"  # until, level, reason, evidence, set at, forget at
 
 # KEYS: record, index.  ARGV: now, duration, factor, max_duration, decay, reason, evidence,
@@ -315,6 +353,7 @@ ALL = {
     "fixed_window": FIXED_WINDOW,
     "sliding_window": SLIDING_WINDOW,
     "token_bucket": TOKEN_BUCKET,
+    "distinct": DISTINCT,
     "set_ban": SET_BAN,
     "clear_ban": CLEAR_BAN,
     "set_trust": SET_TRUST,

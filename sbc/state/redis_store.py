@@ -25,6 +25,8 @@ percent-encoded so it is one whole hash tag)::
     {prefix}fw:{K}              hash  i (window index), c (count), x       fixed window
     {prefix}sw:{K}              hash  i, c (current), p (previous), x      sliding window
     {prefix}tb:{K}              hash  t (tokens), s (last update), x       token bucket
+    {prefix}dv:{K}              zset  member -> last seen                  distinct members
+    {prefix}dv:{K}:x            str   expiry of the set (newest + window)
     {prefix}{bans}:ban:K        hash  u (until) l (level) r (reason) e (evidence) s (set at)
                                       f (history forgotten at)             ban record
     {prefix}{bans}:index        zset  key -> until                         active bans (snapshot)
@@ -75,6 +77,8 @@ Failure semantics
   - hits (fixed/sliding window, bucket), ``StatIncr``, ``AppendEvent``: at most counted once
     although the caller saw an error (an over-count of at most one batch per failure); a caller
     must not retry them (it would count again);
+  - ``DistinctHit``: the member may be counted although the caller saw an error; a retry counts
+    it once (it is then not ``new``);
   - ``LeaseAcquire``: the slot may be held although the caller saw an error; it frees itself
     after ``ttl``, or the caller retries with the same ``lease_id`` (idempotent), or releases it;
   - ``SetBan``, ``ClearBan``, ``SetTrust``, ``ClearTrust``, ``LeaseRenew``, ``LeaseRelease``,
@@ -156,6 +160,7 @@ from sbc.state.base import (
     BindingsResult,
     ClearBan,
     ClearTrust,
+    DistinctHit,
     Event,
     EventsResult,
     FixedWindowHit,
@@ -294,6 +299,7 @@ class RedisStore:
             FixedWindowHit: self._plan_fixed,
             SlidingWindowHit: self._plan_sliding,
             TokenBucketTake: self._plan_bucket,
+            DistinctHit: self._plan_distinct,
             GetBan: self._plan_get_ban,
             SetBan: self._plan_set_ban,
             ClearBan: self._plan_clear_ban,
@@ -539,6 +545,14 @@ class RedisStore:
                                            op.rate, op.burst, op.cost, float(now))
         return _Command("token_bucket", "", (self._key("tb", op.key),),
                         (now, _num(op.rate), _num(op.burst), str(op.cost)), decode)
+
+    def _plan_distinct(self, op: DistinctHit, now: str) -> _Command:
+        def decode(reply: Any) -> Result:
+            return alg.distinct_result(bool(reply[0]), int(reply[1]), bool(reply[2]),
+                                       float(reply[3]), op.window, op.limit, float(now))
+        key = self._key("dv", op.key)
+        return _Command("distinct", "", (key, key + ":x"),
+                        (now, op.member, _num(op.window), str(op.limit)), decode)
 
     @staticmethod
     def _ban_result(key: str, fields: Sequence[Any], now: float,

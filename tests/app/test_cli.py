@@ -363,6 +363,21 @@ def test_check_rules_ok_prints_a_summary(
     assert err == ""
 
 
+def test_check_rules_takes_a_directory_of_yaml_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory stands for its *.yaml files; one without any is an error (exit 1)."""
+    (tmp_path / "a.yaml").write_text(GOOD_RULES)
+    (tmp_path / "b.yaml").write_text("rules:\n  - {id: other, on: connection, actions: [drop]}\n")
+    (tmp_path / "notes.txt").write_text("not a rule file")
+    assert main(["check-rules", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "OK: 3 rules in 2 files (1 observe), 1 list, 0 feeds\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["check-rules", str(empty)]) == 1
+    assert "no *.yaml rule files" in capsys.readouterr().err
+
+
 def test_check_rules_reports_every_error_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -29,6 +29,7 @@ from sbc.policy.model import (
 )
 from sbc.policy.tz import days_from_civil
 from sbc.state.base import (
+    DistinctHit,
     FixedWindowHit,
     GetBan,
     LeaseAcquire,
@@ -145,6 +146,123 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert h(ConnectionOpened(source_ip="198.51.100.99"), T0).action == "drop"  # same /24
     assert h(event, T0 + 1).allowed
     assert not h(event, T0 + 1).allowed
+
+
+ENUMERATION = """\
+    rules:
+      - id: enum
+        description: Not found for many users.
+        on: response
+        match:
+          status: [404]
+        count: {key: source_ip, distinct: to_user, algorithm: sliding_window, window: 10m,
+                limit: 3, warning: 1}
+        actions: [ban]
+    """
+
+
+def not_found(to_user: str | None, source: str = ATTACKER, **fields: object) -> ResponseSent:
+    return ResponseSent(source_ip=source, method="REGISTER", status=404,  # type: ignore[arg-type]
+                        to_user=to_user, **fields)
+
+
+def test_distinct_counts_different_values_not_events() -> None:
+    """A phone retrying one wrong user counts once; the fourth user within the window bans,
+    with the distinct count as evidence; repeats change nothing."""
+    h = Harness(ENUMERATION)
+    assert all(h(not_found("2001"), T0 + i) is ALLOW for i in range(1, 50))
+    warned = h(not_found("2002"), T0 + 60)
+    assert [(f.level, f.counts["count"]) for f in warned.fired] == [("warning", 2)]
+    assert warned.bans == ()
+    assert h(not_found("2002"), T0 + 61) is ALLOW  # not new: no second warning
+    assert h(not_found("2003"), T0 + 62) is ALLOW
+    critical = h(not_found("2004"), T0 + 63)
+    # 2001 was last seen at T0 + 49: the window has room again at T0 + 649.
+    assert only(critical) == Firing(
+        "enum", "enforce", "critical", ATTACKER,
+        {"limit": 3.0, "window": 600.0, "warning": 1.0, "count": 4, "retry_after": 586.0},
+        ("ban 600s x2 source_ip",), "", "Not found for many users.")
+    assert critical.bans == (SetBan(f"ip:{ATTACKER}", 600.0, "enum",
+                                    f"key={ATTACKER} limit=3 window=600 warning=1 count=4 "
+                                    "retry_after=586", 2.0, 604800.0, 86400.0),)
+    assert h(not_found("2005", source="198.51.100.8"), T0 + 63) is ALLOW  # another key
+    assert h(not_found("2003"), T0 + 64) is ALLOW  # already counted
+
+
+def test_distinct_values_leave_the_window_after_their_last_sighting() -> None:
+    """A value counts until ``window`` after it was last seen; then new ones fit again."""
+    h = Harness(ENUMERATION.replace("warning: 1", "warning: 2"))
+    for n, user in enumerate(["2001", "2002", "2003"]):
+        assert h(not_found(user), T0 + n).bans == ()
+    assert h(not_found("2001"), T0 + 300).bans == ()  # 2001 stays until T0 + 900
+    assert h(not_found("2004"), T0 + 600.5).bans != ()  # 2001, 2002 (T0 + 1), 2003 still in
+    assert h(not_found("2004"), T0 + 601).fired[0].counts["count"] == 3  # 2002 left
+    assert h(not_found("2005"), T0 + 601).bans != ()  # 2001, 2003, 2004
+
+
+def test_distinct_plan_skips_unknown_values_and_bounds_long_ones() -> None:
+    """An event without the field is not counted; long values are hashed, domains lowered and
+    addresses normalised before they are counted."""
+    engine = Engine(rules(ENUMERATION))
+    assert engine.plan(not_found(None), T0).ops == ()
+    assert engine.plan(not_found(""), T0).ops == ()
+    assert engine.plan(not_found("2001"), T0).ops == (
+        DistinctHit(f"policy:enum:{ATTACKER}", "2001", 600.0, 3),)
+    (op,) = engine.plan(not_found("9" * 1000), T0).ops
+    assert isinstance(op, DistinctHit) and op.member.startswith("h:") and len(op.member) == 34
+    h = Harness("""\
+        rules:
+          - id: domains
+            on: request
+            count: {key: source_ip, distinct: from_domain, algorithm: sliding_window,
+                    window: 1h, limit: 1}
+            actions: [drop]
+        """)
+    assert h(request(from_domain="Example.COM")).allowed
+    assert h(request(from_domain="example.com")).allowed
+    assert h(request(from_domain="example.org")).action == "drop"
+
+
+def test_distinct_sources_per_user_bans_each_new_source_past_the_limit() -> None:
+    """Counting distinct source addresses per username (credential stuffing): the third
+    address bans, an IPv4-mapped address is the same address, and known ones are not banned."""
+    h = Harness("""\
+        rules:
+          - id: stuffing
+            on: auth_failure
+            count: {key: username, distinct: source_ip, algorithm: sliding_window, window: 1h,
+                    limit: 2}
+            actions: [ban]
+        """)
+
+    def failure(source: str, now: float) -> Verdict:
+        return h(AuthFailed(source_ip=source, method="REGISTER", username="2001"), now)
+
+    assert failure("192.0.2.1", T0).bans == ()
+    assert failure("::ffff:192.0.2.1", T0 + 1).bans == ()
+    assert failure("2001:db8::1", T0 + 2).bans == ()
+    third = failure("192.0.2.3", T0 + 3)
+    assert [b.key for b in third.bans] == ["ip:192.0.2.3"] and only(third).key == "2001"
+    assert failure("192.0.2.1", T0 + 4).bans == ()
+
+
+def test_distinct_reject_retry_after_auto() -> None:
+    """A request rule refusing a new value past the limit answers with the time until the
+    oldest value leaves the window, rounded up."""
+    h = Harness("""\
+        rules:
+          - id: callees
+            on: request
+            match: {method: INVITE}
+            count: {key: source_ip, distinct: ruri_user, algorithm: sliding_window, window: 1m,
+                    limit: 2}
+            actions: [{reject: {code: 403, retry_after: auto}}]
+        """)
+    assert h(request(method="INVITE", ruri_user="100"), T0 + 0.5).allowed
+    assert h(request(method="INVITE", ruri_user="101"), T0 + 10).allowed
+    refused = h(request(method="INVITE", ruri_user="102"), T0 + 20)
+    assert (refused.action, refused.code, refused.retry_after) == ("reject", 403, 41.0)
+    assert h(request(method="INVITE", ruri_user="100"), T0 + 20).allowed
 
 
 CONCURRENT = """\

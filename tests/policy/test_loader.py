@@ -17,12 +17,23 @@ from sbc.config.reader import ConfigErrors
 from sbc.errors import ConfigError
 from sbc.policy.loader import (
     DEFAULT_EMERGENCY_NUMBERS,
+    DEFAULT_LEASE_TTL,
     RuleSet,
     load_rules,
     parse_network_lines,
     parse_rules,
 )
-from sbc.policy.model import Alert, Allow, Ban, Drop, EndCalls, LockAccount, Reject, Tarpit
+from sbc.policy.model import (
+    Alert,
+    Allow,
+    Ban,
+    Count,
+    Drop,
+    EndCalls,
+    LockAccount,
+    Reject,
+    Tarpit,
+)
 
 
 def errors_of(text: str, source: str = "r.yaml", base_dir: Path | None = None) -> list[str]:
@@ -51,17 +62,19 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     """The example rule file in the loader's docstring is valid and uses every action kind."""
     write(tmp_path / "lists" / "premium.txt", "+881\n+882  # satellite\n")
     rules = load_rules([write(tmp_path / "example.yaml", example_text())])
-    assert len(rules.rules) == 14
+    assert len(rules.rules) == 15
     assert rules.observe_count == 1
     kinds = {type(a) for rule in rules.rules for a in rule.actions}
     assert kinds == {Allow, Reject, Drop, Tarpit, Ban, EndCalls, LockAccount, Alert}
     assert {r.count.algorithm for r in rules.rules if r.count} == {
         "fixed_window", "sliding_window", "token_bucket", "concurrent", "daily",
         "sequential_same_destination", "duration"}
+    assert [(r.id, r.count.distinct) for r in rules.rules if r.count and r.count.distinct] == [
+        ("extension-walk", "to_user")]
     assert rules.timezone == "Europe/Paris"
     assert rules.emergency_numbers == frozenset({"112", "911", "999", "15", "17", "18"})
     assert set(rules.feeds) == {"spamhaus-drop"}
-    assert rules.summary() == "14 rules in 1 file (1 observe), 3 lists, 1 feed"
+    assert rules.summary() == "15 rules in 1 file (1 observe), 3 lists, 1 feed"
 
 
 # -- bad files: the exact messages ---------------------------------------------------------------
@@ -425,6 +438,65 @@ BAD_FILES = [
             'critical limit (5) (expected a number below 5)',
         ],
         id='warning_above_limit',
+    ),
+    pytest.param(
+        'rules:\n  - {id: a, on: response, actions: [ban], count: {key: source_ip, '
+        'algorithm: sliding_window, window: 1h, limit: 10, distinct: to_usr}}\n',
+        [
+            'r.yaml:2:127: rules[0].count.distinct: invalid value "to_usr", did you mean '
+            "'to_user'? (expected one of: to_user, ruri_user, from_user, username, account, "
+            'destination, trunk, user_agent, from_domain, to_domain, ruri_domain, source_ip, '
+            'source_net24)',
+        ],
+        id='distinct_unknown_field',
+    ),
+    pytest.param(
+        'rules:\n  - {id: a, on: request, actions: [drop], count: {key: source_ip, '
+        'algorithm: sliding_window, window: 1h, limit: 10, distinct: destination}}\n',
+        [
+            'r.yaml:2:127: rules[0].count.distinct: on: request events have no destination '
+            '(expected one of: to_user, ruri_user, from_user, username, user_agent, '
+            'from_domain, to_domain, ruri_domain, source_ip, source_net24)',
+        ],
+        id='distinct_not_for_kind',
+    ),
+    pytest.param(
+        'rules:\n  - {id: a, on: response, actions: [ban], count: {key: source_ip, '
+        'algorithm: token_bucket, rate: 1/s, burst: 10, distinct: to_user}}\n',
+        [
+            "r.yaml:2:124: rules[0].count.distinct: 'distinct' is not used by token_bucket "
+            '(expected algorithm: sliding_window (distinct values are counted in an exact '
+            'sliding window))',
+        ],
+        id='distinct_with_token_bucket',
+    ),
+    pytest.param(
+        'rules:\n  - {id: a, on: auth_failure, actions: [ban], count: {key: [source_ip, '
+        'username], algorithm: sliding_window, window: 1h, limit: 10, distinct: username}}\n',
+        [
+            'r.yaml:2:143: rules[0].count.distinct: username is also the key: it has one '
+            "value per counter (expected a field other than the key's)",
+        ],
+        id='distinct_is_the_key',
+    ),
+    pytest.param(
+        'rules:\n  - {id: a, on: response, actions: [ban], count: {key: source_ip, '
+        'algorithm: sliding_window, window: 1h, limit: 1001, distinct: to_user}}\n',
+        [
+            'r.yaml:2:113: rules[0].count.limit: 1001 is out of range (expected an integer '
+            'in 0..1000 (a distinct count keeps at most 1000 values per key))',
+        ],
+        id='distinct_limit_too_high',
+    ),
+    pytest.param(
+        'rules:\n  - {id: a, on: response, actions: [ban], count: {key: source_ip, '
+        'algorithm: sliding_window, window: 1h, limit: 10, distinct: [to_user]}}\n',
+        [
+            'r.yaml:2:127: rules[0].count.distinct: got a list (expected one of: to_user, '
+            'ruri_user, from_user, username, account, destination, trunk, user_agent, '
+            'from_domain, to_domain, ruri_domain, source_ip, source_net24)',
+        ],
+        id='distinct_not_a_string',
     ),
     pytest.param(
         'rules:\n  - {id: a, on: request, actions: [bann]}\n',
@@ -932,6 +1004,35 @@ def test_rates(text: str, per_second: float) -> None:
     assert count is not None and count.rate == pytest.approx(per_second) and count.limit == 3
 
 
+def test_distinct_count() -> None:
+    """A distinct count names its field, keeps the window's tier, and takes reject retry auto;
+    a source may count distinct addresses of its /24 and a user the distinct sources."""
+    rules = parse_rules("""\
+rules:
+  - id: a
+    on: request
+    count: {key: source_ip, distinct: to_user, algorithm: sliding_window, window: 10m,
+            limit: 1000, warning: 500}
+    actions: [{reject: {code: 403, retry_after: auto}}]
+  - id: b
+    on: auth_failure
+    count: {key: username, distinct: source_ip, algorithm: sliding_window, window: 1h, limit: 5}
+    actions: [ban]
+  - id: c
+    on: request
+    count: {key: source_net24, distinct: source_ip, algorithm: sliding_window, window: 1h,
+            limit: 5}
+    actions: [drop]
+""")
+    a, b, c = rules.rules
+    assert a.count == Count(("source_ip",), "sliding_window", 1000.0, window=600.0,
+                            ttl=DEFAULT_LEASE_TTL, warning=500.0, distinct="to_user")
+    assert a.actions == (Reject(403, "Forbidden", "auto"),)
+    assert (a.tier, b.tier, c.tier) == (1, 2, 1)
+    assert b.count is not None and b.count.distinct == "source_ip"
+    assert c.count is not None and c.count.distinct == "source_ip"
+
+
 def test_action_defaults() -> None:
     """Bare action names take their documented defaults."""
     rules = parse_rules("""\
@@ -1015,11 +1116,13 @@ def test_fuzz_structured_documents_give_config_errors_only(doc: dict[str, object
                                           "lock_account", "end_calls", "tarpit"]), max_size=3)},
     optional={"count": st.fixed_dictionaries(
         {"algorithm": st.sampled_from(["fixed_window", "concurrent", "daily", "duration",
-                                       "token_bucket", "sequential_same_destination"])},
+                                       "token_bucket", "sequential_same_destination",
+                                       "sliding_window"])},
         optional={"key": st.sampled_from(["source_ip", "account", "destination", "global"]),
                   "window": st.sampled_from(["1m", 5, "x"]), "limit": st.integers(-2, 5),
                   "warning": st.integers(-1, 6), "rate": st.sampled_from(["1/s", 0]),
-                  "burst": st.integers(0, 3)}),
+                  "burst": st.integers(0, 3),
+                  "distinct": st.sampled_from(["to_user", "destination", "source_ip", "x"])}),
               "mode": st.sampled_from(["observe", "enforce"])}), max_size=4))
 def test_fuzz_rules_load_or_give_config_errors(rules: list[dict[str, object]]) -> None:
     """Random combinations of valid keywords either load or raise ConfigError only."""

@@ -194,10 +194,12 @@ def office_day() -> list[_At]:
     and 10 staff, 10 of them over TLS) boot within 10 s, re-register every 60 s (every ninth
     refresh reaches the PBX with an expired nonce and is challenged: an auth failure), send an
     OPTIONS keepalive every 30 s; agents start at 09:00 all at once and then call every 150 s
-    (redials, a misdial an hour, a call to Latvia every two hours), staff call every 20 minutes,
-    one of them for 90 minutes; one user mistypes a password once.  Every call is challenged
-    (407), so it starts twice as the edge reports it (the first attempt ends at the 407), ticks
-    every 10 s once answered, and ends with a BYE."""
+    (redials, a misdial of a different wrong number an hour, a call to Latvia every two hours),
+    staff call every 20 minutes, one of them for 90 minutes; one user mistypes a password once;
+    three phones of people who left still try to register their deleted extensions all day (every
+    60 s, 90 s and 5 minutes; the PBX answers 404).  Every call is challenged (407), so it starts
+    twice as the edge reports it (the first attempt ends at the 407), ticks every 10 s once
+    answered, and ends with a BYE.  Responses carry the To user, as the B2BUA reports them."""
     out: list[_At] = []
 
     def at(t: float, event: PolicyEvent) -> None:
@@ -253,7 +255,7 @@ def office_day() -> list[_At]:
         at(t, CallStarting(from_user=user, ruri_user=destination, registered=True,
                            **started))
         at(t + 0.05, ResponseSent(source_ip=OFFICE, transport=transport, method="INVITE",
-                                  status=407, ruri_user=destination, from_user=user))
+                                  status=407, to_user=destination, from_user=user))
         at(t + 0.05, CallEnded(duration=0.0, status=407, **started))
         at(t + 0.06, RequestReceived(method="ACK", **req))
         at(t + 0.1, RequestReceived(method="INVITE", username=user, **req))
@@ -275,11 +277,13 @@ def office_day() -> list[_At]:
             n += 1
             if n % 40 == 0:
                 destination = f"+37167{i:02d}{n:04d}"  # Latvia, every 100 minutes
-            elif n % 24 == 0:  # a misdial an hour: 404 from the PBX
+            elif n % 24 == 0:  # a misdial an hour, every agent near the same time: 404
+                wrong = f"0199{i:02d}{n:03d}"
                 at(t, RequestReceived(source_ip=OFFICE, method="INVITE", from_user=agent,
-                                      ruri_user="01999", registered=True, username=agent))
+                                      ruri_user=wrong, to_user=wrong, registered=True,
+                                      username=agent))
                 at(t + 0.1, ResponseSent(source_ip=OFFICE, method="INVITE", status=404,
-                                         ruri_user="01999", from_user=agent))
+                                         to_user=wrong, from_user=agent))
                 t += 150.0
                 continue
             elif n % 10 in (1, 2, 3):  # the same number three times: busy, busy, answered
@@ -296,6 +300,14 @@ def office_day() -> list[_At]:
             t += 1200.0 + (5400.0 if long_call else 0.0)
     at(T0 + 10 * HOUR, AuthFailed(source_ip=OFFICE, method="REGISTER", username="2030",
                                   account="2030", status=403))  # a mistyped password, once
+    for user, every in (("2031", 60.0), ("2032", 90.0), ("2033", 300.0)):  # deleted users
+        t = start + 5.0
+        while t < close:
+            at(t, RequestReceived(source_ip=OFFICE, method="REGISTER", registered=False,
+                                  from_user=user, to_user=user, user_agent="Poly VVX 450 6.4.3"))
+            at(t + 0.05, ResponseSent(source_ip=OFFICE, method="REGISTER", status=404,
+                                      to_user=user, from_user=user))
+            t += every
     return sorted(out)
 
 
@@ -392,6 +404,45 @@ def test_svwar_extension_scan_is_banned_within_21_requests() -> None:
     edge = Edge()
     assert events_until_stopped(edge, ATTACKER, svwar(ATTACKER, 404, 50.0, count=100)) == 21
     assert edge.ban_of(f"ip:{ATTACKER}", T0 + 2) == pytest.approx(T0 + 20 / 50 + HOUR)
+
+
+def test_slow_svwar_is_banned_at_the_21st_extension_within_an_hour() -> None:
+    """Enumeration counts extensions, not speed: one every 2.5 minutes is banned at the 21st
+    (50 minutes in); 20 an hour or fewer stay below the limit."""
+    edge = Edge()
+    assert events_until_stopped(edge, ATTACKER, svwar(ATTACKER, 404, 1 / 150, count=100)) == 21
+    assert edge.ban_of(f"ip:{ATTACKER}", T0 + 3001) == T0 + 3000 + HOUR
+    other = "198.51.100.8"
+    assert events_until_stopped(Edge(), other, svwar(other, 404, 1 / 180, count=100)) == 100
+
+
+def test_phones_retrying_deleted_extensions_are_not_enumeration() -> None:
+    """A phone retrying its deleted extension every 2 s counts once, and 20 such phones behind
+    one address are never banned; a 21st user answered 404 within the hour is."""
+    edge = Edge()
+    for n in range(1800):
+        now = T0 + 2.0 * n
+        user = "3000" if n % 2 else str(3001 + n // 2 % 19)  # 3000 every 2 s, 19 others
+        assert edge(register(OFFICE, from_user=user, to_user=user, registered=False),
+                    now) is ALLOW
+        assert edge(ResponseSent(source_ip=OFFICE, method="REGISTER", status=404, to_user=user),
+                    now + 0.05) is ALLOW
+    later = T0 + 3600.0
+    assert edge(register(OFFICE, to_user="4000", registered=False), later) is ALLOW
+    verdict = edge(ResponseSent(source_ip=OFFICE, method="REGISTER", status=404,
+                                to_user="4000"), later)
+    assert fired(verdict) == ["scanner-extension-enumeration"]
+    assert verdict is not None and verdict.fired[0].counts["count"] == 21  # 20 users + 4000
+
+
+def test_misdials_to_many_numbers_are_not_enumeration() -> None:
+    """INVITEs answered 404/484 are not counted: 100 different wrong numbers dialled from one
+    address in ten minutes (a call centre's misdials, a dialler's bad list) ban nothing."""
+    edge = Edge()
+    for n in range(100):
+        answer = ResponseSent(source_ip=OFFICE, method="INVITE", status=404 if n % 2 else 484,
+                              to_user=f"0199{n:04d}", from_user="2001")
+        assert edge(answer, T0 + 6.0 * n) is ALLOW
 
 
 def test_svwar_with_its_default_user_agent_is_banned_on_the_first_request() -> None:

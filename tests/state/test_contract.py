@@ -18,6 +18,8 @@ from sbc.state.base import (
     BindingPut,
     ClearBan,
     ClearTrust,
+    DistinctHit,
+    DistinctResult,
     Event,
     FixedWindowHit,
     GetBan,
@@ -159,6 +161,76 @@ def test_token_bucket_clock_behind_last_update_refills_nothing(store):
     hits(store, op, 100.0, 2)
     assert one(store, op, 99.0) == HitResult(False, 2.0, 0.0, 2.0, 102.0)
     assert one(store, op, 101.0).allowed
+
+
+# -- distinct members ----------------------------------------------------------------------------
+
+
+def test_distinct_counts_each_member_once_and_refuses_a_new_one_past_the_limit(store):
+    """Repeats count once; the member past the limit is refused until the oldest leaves."""
+    def hit(member: str, now: float) -> DistinctResult:
+        return one(store, DistinctHit("scan:198.51.100.7", member, window=60.0, limit=3), now)
+
+    assert hit("2001", 1000.0) == DistinctResult(True, 1, True, 0.0)
+    assert hit("2002", 1001.0) == DistinctResult(True, 2, True, 0.0)
+    assert hit("2001", 1002.0) == DistinctResult(True, 2, False, 0.0)  # refreshed to 1002
+    assert hit("2003", 1003.0) == DistinctResult(True, 3, True, 0.0)
+    # The fourth distinct member: refused until 2002 (seen at 1001, the oldest) leaves at 1061.
+    assert hit("2004", 1004.0) == DistinctResult(False, 4, True, 57.0)
+    assert hit("2001", 1005.0) == DistinctResult(True, 3, False, 0.0)  # counted ones pass
+    assert hit("2004", 1060.5) == DistinctResult(False, 4, True, 0.5)  # never kept
+    assert hit("2004", 1061.0) == DistinctResult(True, 3, True, 0.0)
+
+
+def test_distinct_members_leave_the_window_after_their_last_sighting(store):
+    """A member counts for ``window`` seconds after it was last seen; then the set is gone."""
+    def hit(member: str, now: float) -> DistinctResult:
+        return one(store, DistinctHit("k", member, window=10.0, limit=100), now)
+
+    hit("a", 1000.0)
+    hit("b", 1005.0)
+    assert hit("c", 1009.5).count == 3
+    assert hit("c", 1010.0) == DistinctResult(True, 2, False, 0.0)  # a left at 1010
+    assert hit("b", 1014.0) == DistinctResult(True, 2, False, 0.0)  # b refreshed: now 1014
+    assert hit("d", 1019.5) == DistinctResult(True, 3, True, 0.0)  # c (1010) still in
+    assert hit("a", 1030.0) == DistinctResult(True, 1, True, 0.0)  # everything else left
+
+
+def test_distinct_limit_zero_refuses_everything_and_keeps_nothing(store):
+    """With limit 0 every member is refused for ever, and nothing is stored."""
+    op = DistinctHit("k", "a", window=10.0, limit=0)
+    assert one(store, op, 1000.0) == DistinctResult(False, 1, True, math.inf)
+    assert one(store, op, 1001.0) == DistinctResult(False, 1, True, math.inf)
+    assert one(store, DistinctHit("k", "a", 10.0, 5), 1002.0) == DistinctResult(
+        True, 1, True, 0.0)
+
+
+def test_distinct_lowered_limit_keeps_the_newest_members(store):
+    """After a lower limit (a reloaded rule) the oldest members beyond it are forgotten."""
+    for n, member in enumerate("abcd"):
+        one(store, DistinctHit("k", member, 60.0, 10), 1000.0 + n)
+    assert one(store, DistinctHit("k", "a", 60.0, 2), 1010.0) == DistinctResult(
+        False, 3, True, 1002.0 + 60.0 - 1010.0)  # c and d kept
+    assert one(store, DistinctHit("k", "d", 60.0, 2), 1011.0) == DistinctResult(
+        True, 2, False, 0.0)
+    assert one(store, DistinctHit("k", "b", 60.0, 10), 1012.0) == DistinctResult(
+        True, 3, True, 0.0)  # a and b were dropped, not just hidden
+
+
+def test_distinct_clock_behind_last_sighting_does_not_move_it_back(store):
+    """A node whose clock is behind another's does not shorten a member's stay."""
+    one(store, DistinctHit("k", "a", 10.0, 5), 1000.0)
+    one(store, DistinctHit("k", "a", 10.0, 5), 999.0)
+    assert one(store, DistinctHit("k", "b", 10.0, 5), 1009.5).count == 2
+    assert one(store, DistinctHit("k", "b", 10.0, 5), 1010.0).count == 1
+
+
+def test_distinct_keys_and_members_are_exact(store):
+    """Keys count apart; members with braces, bars or non-ASCII text are distinct values."""
+    members = ["a", "A", "a}{b", "a|b", "é", "sip:2001@example.com", "x" * 512]
+    assert [one(store, DistinctHit("{k}", m, 10.0, 100), 1000.0).count for m in members] == [
+        1, 2, 3, 4, 5, 6, 7]
+    assert one(store, DistinctHit("%7Bk%7D", "a", 10.0, 100), 1000.0).count == 1
 
 
 # -- bans ----------------------------------------------------------------------------------------

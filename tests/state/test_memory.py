@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sbc.state.base import BanNotice, FixedWindowHit, GetBan, SetBan, SetTrust
+from sbc.state.base import BanNotice, DistinctHit, FixedWindowHit, GetBan, SetBan, SetTrust
 from sbc.state.memory import MemoryStore
 
 
@@ -40,6 +40,19 @@ def test_expired_entries_are_pruned():
     store.execute([], 1030.0)
     assert len(store) == 0
     assert store.evictions == 0
+
+
+def test_distinct_sets_hold_at_most_limit_members_and_expire():
+    """A scan of 10 000 members keeps ``limit`` of them; the set is gone a window after the last
+    member was kept."""
+    store = MemoryStore()
+    for n in range(10_000):
+        store.execute([DistinctHit("scan", f"{n}", 600.0, 15)], 1000.0 + n / 100)
+    (members,) = store._distinct.data.values()
+    assert len(members.value) == 15
+    assert members.expires_at == 1000.0 + 14 / 100 + 600.0
+    store.execute([], 1600.14)
+    assert len(store) == 0
 
 
 def test_notices_are_delivered_synchronously_after_the_batch():

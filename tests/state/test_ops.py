@@ -8,10 +8,12 @@ import pytest
 
 from sbc.errors import SbcError
 from sbc.state.base import (
+    MAX_DISTINCT_LIMIT,
     MAX_KEY_LENGTH,
     AppendEvent,
     BindingDelete,
     BindingPut,
+    DistinctHit,
     FixedWindowHit,
     LeaseAcquire,
     RecentEvents,
@@ -33,6 +35,12 @@ BAD = [
     lambda: FixedWindowHit("k", 10.0, True),
     lambda: SlidingWindowHit("k", -1.0, 1),
     lambda: SlidingWindowHit("k", 10.0, 1.5),
+    lambda: DistinctHit("k", "", 10.0, 1),
+    lambda: DistinctHit("k", "m" * (MAX_KEY_LENGTH + 1), 10.0, 1),
+    lambda: DistinctHit("k", None, 10.0, 1),  # type: ignore[arg-type]
+    lambda: DistinctHit("k", "m", 0.0, 1),
+    lambda: DistinctHit("k", "m", 10.0, -1),
+    lambda: DistinctHit("k", "m", 10.0, MAX_DISTINCT_LIMIT + 1),
     lambda: TokenBucketTake("k", 0.0, 1.0),
     lambda: TokenBucketTake("k", 1.0, math.nan),
     lambda: SetBan("k", 0.0, "r"),

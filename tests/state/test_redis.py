@@ -25,6 +25,7 @@ from sbc.state.base import (
     BindingPut,
     ClearBan,
     ClearTrust,
+    DistinctHit,
     FixedWindowHit,
     GetBan,
     GetTrust,
@@ -50,6 +51,8 @@ from tests.state.conftest import delete_prefix, free_port, new_prefix, wait_unti
 EVERY_OP = [
     FixedWindowHit("a", 10.0, 2), FixedWindowHit("a", 10.0, 2), FixedWindowHit("a", 10.0, 2),
     SlidingWindowHit("b", 10.0, 3), TokenBucketTake("c", 0.5, 2.0),
+    DistinctHit("d", "2001", 60.0, 2), DistinctHit("d", "2002", 60.0, 2),
+    DistinctHit("d", "2001", 60.0, 2), DistinctHit("d", "2003", 60.0, 2),
     SetBan("x{y}", 60.0, "flood", factor=2.0, decay=100.0), GetBan("x{y}"),
     SetTrust("t", None, "pbx"), GetTrust("t"), ClearTrust("t"),
     LeaseAcquire("l", "c1", 1, 30.0), LeaseAcquire("l", "c2", 1, 30.0), LeaseRenew("l", "c1", 30.0),
@@ -192,7 +195,8 @@ def test_every_op_keeps_its_keys_in_one_hash_slot():
     store = RedisStore(lambda: None, clock=time.monotonic, prefix="sbc:")
     for key in ("ip:198.51.100.7", "a}{b", "{x}", "%", "sip:alice@example.com"):
         ops = [FixedWindowHit(key, 1.0, 1), SlidingWindowHit(key, 1.0, 1),
-               TokenBucketTake(key, 1.0, 1.0), SetBan(key, 1.0, "r"), ClearBan(key),
+               TokenBucketTake(key, 1.0, 1.0), DistinctHit(key, "m", 1.0, 1),
+               SetBan(key, 1.0, "r"), ClearBan(key),
                LeaseAcquire(key, "id", 1, 1.0), StatIncr(key, "f"), BindingPut(key, "b", "v", 1.0),
                AppendEvent(key, "d"), RecentEvents(key)]
         for op in ops:
@@ -501,6 +505,8 @@ OPS = st.one_of(
               st.integers(0, 3)),
     st.builds(TokenBucketTake, KEYS, st.sampled_from([0.3, 0.5, 1.0, 3.0]),
               st.sampled_from([1.0, 2.0, 4.5]), st.integers(0, 3)),
+    st.builds(DistinctHit, KEYS, st.sampled_from(["a", "b", "c", "d"]),
+              st.sampled_from([0.1, 1.0, 2.5, 10.0]), st.integers(0, 3)),
     st.builds(SetBan, KEYS, st.sampled_from([1.0, 5.0]), st.just("r"),
               factor=st.sampled_from([1.0, 2.0, 1.5]), max_duration=st.sampled_from([0.0, 8.0]),
               decay=st.sampled_from([0.0, 10.0])),
