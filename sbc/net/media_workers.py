@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import error as twisted_error
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -48,6 +48,7 @@ log = Logger(namespace="sbc.media")
 RESTART_DELAY = 1.0  # seconds before a dead worker is started again
 STOP_TIMEOUT = 2.0  # seconds a worker has to exit once its control socket is closed
 MAX_REPORTS = 256  # report messages handled per wake-up
+MAX_PENDING = 100_000  # commands waiting for a busy worker before it counts as hung
 FINAL_TIMEOUT = 1.0  # seconds a call record waits for its legs' final statistics
 
 
@@ -129,7 +130,7 @@ class _WorkerProcess(ProcessProtocol):
         self.link.process_ended(self, reason)
 
 
-@implementer(IReadDescriptor)
+@implementer(IReadDescriptor, IWriteDescriptor)
 class WorkerLink:
     """One worker process: its control socket, its endpoints, its restarts.  It is the
     :class:`~sbc.net.media.Relay` of the :class:`~sbc.net.media.MediaPorts` of its share."""
@@ -144,6 +145,7 @@ class WorkerLink:
         self.clock = clock
         self.endpoints: dict[int, RemoteEndpoint] = {}
         self.released: dict[int, RemoteEndpoint] = {}  # waiting for their final statistics
+        self.pending: deque[tuple[bytes, list[int]]] = deque()  # commands the socket refused
         self.on_final: Callable[[], None] | None = None
         self.ids = itertools.count(1)
         self.sock: socket.socket | None = None
@@ -226,28 +228,65 @@ class WorkerLink:
     def _drop_socket(self) -> None:
         if self.sock is not None:
             self.reactor.removeReader(self)
+            self.reactor.removeWriter(self)
             self.sock.close()
             self.sock = None
+        while self.pending:
+            _close_all(self.pending.popleft()[1])
 
     # -- commands --------------------------------------------------------------------------
 
     def send(self, command: tuple[Any, ...], fds: Sequence[int] = ()) -> None:
-        sock = self.sock
-        if sock is None:
+        """Send a command; while the worker is busy relaying, commands wait here in order
+        (the sockets of a waiting ``add`` are duplicated, so a release meanwhile is safe)."""
+        if self.sock is None:
             self.counters["media.worker.command_lost"] += 1
             return
         data = marshal.dumps(command)
-        try:
-            if fds:
-                socket.send_fds(sock, [data], list(fds))
-            else:
-                sock.send(data)
-        except OSError as e:
-            # A full control queue means the worker stopped reading: it is hung.
-            self.counters["media.worker.command_lost"] += 1
-            log.error("media worker {index} does not take commands ({error}); restarting it",
-                      index=self.index, error=str(e))
-            self._kill()
+        if not self.pending:
+            try:
+                self._write(data, fds)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.reactor.addWriter(self)
+            except OSError as e:
+                self._hung(str(e))
+                return
+        if len(self.pending) >= MAX_PENDING:
+            self._hung(f"{MAX_PENDING} commands waiting")
+            return
+        self.counters["media.worker.command_waited"] += 1
+        self.pending.append((data, [os.dup(fd) for fd in fds]))
+
+    def _write(self, data: bytes, fds: Sequence[int]) -> None:
+        assert self.sock is not None
+        if fds:
+            socket.send_fds(self.sock, [data], list(fds))
+        else:
+            self.sock.send(data)
+
+    def doWrite(self) -> None:
+        """The control socket has room again: the waiting commands, in order."""
+        while self.pending and self.sock is not None:
+            data, fds = self.pending[0]
+            try:
+                self._write(data, fds)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._hung(str(e))
+                return
+            self.pending.popleft()
+            _close_all(fds)
+        if not self.pending and self.sock is not None:
+            self.reactor.removeWriter(self)
+
+    def _hung(self, error: str) -> None:
+        # The worker does not take its commands (it is stuck, or its socket broke).
+        self.counters["media.worker.command_lost"] += 1
+        log.error("media worker {index} does not take commands ({error}); restarting it",
+                  index=self.index, error=error)
+        self._kill()
 
     def _kill(self) -> None:
         process = self.process
@@ -352,6 +391,12 @@ class WorkerLink:
             ep.session.auth_failures += auth - ep.auth_seen
         ep.auth_seen = auth
         ep.auth_sources = stats["auth_failure_sources"] or None
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class WorkerPorts:

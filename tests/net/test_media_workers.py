@@ -6,6 +6,7 @@ killed and restarted: tests/e2e/test_media_workers.py.)"""
 from __future__ import annotations
 
 import base64
+import contextlib
 import marshal
 import math
 import socket
@@ -246,3 +247,46 @@ def test_a_link_without_its_worker_loses_commands_but_not_the_call() -> None:
     assert isinstance(stats, LegStats) and stats.final
     rtp_sock.close()
     rtcp_sock.close()
+
+
+def test_commands_wait_in_order_while_the_worker_is_busy() -> None:
+    """When the control socket is full (the worker is busy relaying), commands wait in order,
+    an add's sockets are duplicated for the wait, and they go once the socket has room."""
+    reactor = MemoryReactorClock()
+    link = WorkerLink(0, reactor, Counter())
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    parent.setblocking(False)
+    link.sock = parent
+    n = 0
+    while not link.pending:
+        link.send(("signal", n, None, None, False))
+        n += 1
+        assert n < 10_000
+    rtp_sock, rtcp_sock = udp(), udp()
+    link.send(("add", n, None, "external", 4000, 100, None, 0.0),
+              (rtp_sock.fileno(), rtcp_sock.fileno()))
+    assert link in reactor.getWriters() and link.counters["media.worker.command_waited"] == 2
+    rtp_sock.close()  # released meanwhile: the waiting command holds its own descriptors
+    rtcp_sock.close()
+    child.setblocking(False)
+    got: list[tuple] = []
+    for _ in range(100):
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(child, 65536, 2)
+        except BlockingIOError:
+            link.doWrite()
+            if not link.pending:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        data, fds, _flags, _addr = socket.recv_fds(child, 65536, 2)
+                        got.append((marshal.loads(data), len(fds)))
+                break
+            continue
+        got.append((marshal.loads(data), len(fds)))
+    assert [c[1] for c, _ in got] == list(range(n + 1))  # every command, in order
+    assert got[-1] == (("add", n, None, "external", 4000, 100, None, 0.0), 2)
+    assert not link.pending and link not in reactor.getWriters()
+    assert link.counters["media.worker.command_lost"] == 0
+    child.close()
+    parent.close()
