@@ -23,10 +23,8 @@ unregistration goes unnoticed here, since nothing pushes removals to the other n
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections import OrderedDict
-from typing import Any
 
 from sbc.gateway.registrar import BindingChange
 from sbc.state.base import BindingDelete, BindingPut, BindingsResult, Op
@@ -126,25 +124,3 @@ class SourceCache:
 
     def forget(self, ip: str) -> None:
         self._entries.pop(ip, None)
-
-
-def reads_registered(ruleset: Any) -> bool:
-    """Whether a rule of ``ruleset`` tests ``registered`` (in ``match`` or ``unless``).
-
-    The compiled rules do not list the fields they read, so the predicates are inspected: a
-    ``registered`` condition compiles to :func:`sbc.policy.match.field_is` over the field
-    ``"registered"``.  When a predicate cannot be inspected the answer is True (the look-up
-    then costs a round trip it might not need, but no rule sees a wrong value).
-    """
-    for rule in getattr(ruleset, "rules", ()):
-        if not getattr(rule, "enabled", True):
-            continue
-        matcher = rule.matcher
-        for predicate in (*matcher.predicates, *matcher.unless):
-            try:
-                names = inspect.getclosurevars(predicate).nonlocals
-            except (TypeError, ValueError):
-                return True
-            if names.get("name") == "registered":
-                return True
-    return False

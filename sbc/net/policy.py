@@ -54,7 +54,6 @@ from sbc.gateway.registrar import BindingChange
 from sbc.net.bindings import (
     SourceCache,
     binding_ops,
-    reads_registered,
     registered_until,
     source_key,
 )
@@ -310,7 +309,7 @@ class PolicyGate:
             return False
         ruleset = self.engine.ruleset
         if self._reads_registered is None or self._reads_registered[0] is not ruleset:
-            self._reads_registered = (ruleset, reads_registered(ruleset))  # once per (re)load
+            self._reads_registered = (ruleset, ruleset.reads("registered"))  # once per load
         if self._reads_registered[1]:
             return True
         matters = self.registration_matters

@@ -450,6 +450,10 @@ class RuleSet:
     def enabled(self) -> tuple[Rule, ...]:
         return tuple(rule for rules in self.by_kind.values() for rule in rules)
 
+    def reads(self, field_name: str) -> bool:
+        """Whether an enabled rule's conditions (match or unless) read ``field_name``."""
+        return any(field_name in rule.matcher.fields for rule in self.enabled)
+
     @property
     def observe_count(self) -> int:
         return sum(1 for rule in self.rules if rule.mode == "observe")
@@ -887,15 +891,15 @@ class _Loader:
         zone_node = s.node_of("timezone")
         if zone_node is not None:
             zone_name = _zone_name(r, zone_node, s.path_of("timezone")) or zone_name
-        predicates, prefixes = self._conditions(file, s, "match", kind, zone_name)
-        unless, _ = self._conditions(file, s, "unless", kind, zone_name)
+        predicates, prefixes, fields = self._conditions(file, s, "match", kind, zone_name)
+        unless, _, unless_fields = self._conditions(file, s, "unless", kind, zone_name)
         count = self._count(file, s, kind, prefixes is not None)
         actions = self._actions(file, s, kind, count)
         return Rule(
             id=rule_id,
             on=kind or "",
             actions=actions,
-            matcher=m.Matcher(predicates, unless, prefixes),
+            matcher=m.Matcher(predicates, unless, prefixes, fields | unless_fields),
             description=description,
             mode=mode,
             fail=fail,
@@ -909,11 +913,14 @@ class _Loader:
         )
 
     def _conditions(self, file: _File, rule: Section, key: str, kind: str | None,
-                    zone_name: str) -> tuple[list[m.Predicate], m.PrefixSet | None]:
+                    zone_name: str) -> tuple[list[m.Predicate], m.PrefixSet | None, set[str]]:
+        """The predicates of ``key`` (match or unless), the destination prefixes, and the
+        event fields they read."""
         r = file.reader
         s = rule.section(key, tuple(PREDICATES))
         predicates: list[m.Predicate] = []
         prefixes: m.PrefixSet | None = None
+        fields: set[str] = set()
         for name, spec in PREDICATES.items():
             node = s.node_of(name)
             if node is None:
@@ -931,7 +938,9 @@ class _Loader:
                 predicate = m.prefix_matches("destination", predicate)
             if predicate is not None:
                 predicates.append(predicate)
-        return predicates, prefixes
+                if spec.field is not None:
+                    fields.add(spec.field)
+        return predicates, prefixes, fields
 
     def _predicate(self, r: Reader, spec: _Pred, node: yaml.Node, path: str,
                    zone_name: str) -> m.Predicate | m.PrefixSet | None:

@@ -325,15 +325,18 @@ class Matcher:
     """A rule's compiled conditions: every ``match`` predicate holds and no ``unless`` one.
 
     ``prefixes`` is the rule's ``destination_prefix`` list (its longest match keys
-    ``destination_prefix`` counters); ``uses_time`` tells whether local time is needed."""
+    ``destination_prefix`` counters); ``fields`` names the event fields the conditions read
+    (``match`` and ``unless``; not those every event kind has, such as the source), so that
+    the edge fetches ``registered`` only when a rule tests it."""
 
-    __slots__ = ("predicates", "unless", "prefixes")
+    __slots__ = ("predicates", "unless", "prefixes", "fields")
 
     def __init__(self, predicates: Sequence[Predicate] = (), unless: Sequence[Predicate] = (),
-                 prefixes: PrefixSet | None = None) -> None:
+                 prefixes: PrefixSet | None = None, fields: Iterable[str] = ()) -> None:
         self.predicates = tuple(predicates)
         self.unless = tuple(unless)
         self.prefixes = prefixes
+        self.fields = frozenset(fields)
 
     def __call__(self, ctx: Context) -> bool:
         for predicate in self.predicates:

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import marshal
 import math
+import os
 import socket
 import struct
 from collections import Counter
@@ -281,12 +282,19 @@ def test_commands_wait_in_order_while_the_worker_is_busy() -> None:
                     while True:
                         data, fds, _flags, _addr = socket.recv_fds(child, 65536, 2)
                         got.append((marshal.loads(data), len(fds)))
+                        _close(fds)
                 break
             continue
         got.append((marshal.loads(data), len(fds)))
+        _close(fds)
     assert [c[1] for c, _ in got] == list(range(n + 1))  # every command, in order
     assert got[-1] == (("add", n, None, "external", 4000, 100, None, 0.0), 2)
     assert not link.pending and link not in reactor.getWriters()
     assert link.counters["media.worker.command_lost"] == 0
     child.close()
     parent.close()
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

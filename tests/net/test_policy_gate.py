@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from sbc.gateway.b2bua import EXTERNAL, INTERNAL, Origin
 from sbc.gateway.registrar import BindingChange
-from sbc.net.bindings import NEGATIVE_TTL, POSITIVE_TTL, SourceCache, reads_registered
+from sbc.net.bindings import NEGATIVE_TTL, POSITIVE_TTL, SourceCache
 from sbc.net.policy import EVENTS_STREAM, PolicyGate
 from sbc.policy.engine import Engine
 from sbc.policy.loader import parse_rules
@@ -427,10 +427,13 @@ def test_rules_that_test_registered_are_recognised() -> None:
     def ruleset(text: str) -> Any:
         return parse_rules(text, "rules.yaml", ".")
 
-    assert not reads_registered(ruleset(RULES))
-    assert reads_registered(ruleset(NOT_REGISTERED_RULES))
-    assert reads_registered(ruleset(RULES.replace(
-        "match: {method: OPTIONS}", "match: {method: OPTIONS}\n    unless: {registered: true}")))
+    assert not ruleset(RULES).reads("registered")
+    assert ruleset(NOT_REGISTERED_RULES).reads("registered")
+    assert ruleset(RULES.replace(
+        "match: {method: OPTIONS}", "match: {method: OPTIONS}\n    unless: {registered: true}"
+    )).reads("registered")
+    assert not ruleset(NOT_REGISTERED_RULES.replace(
+        "actions:", "enabled: false\n    actions:")).reads("registered")  # disabled: not read
 
 
 def test_requests_queued_behind_their_sources_ban_are_dropped() -> None:
