@@ -305,7 +305,11 @@ def _integers(lo: int, hi: int) -> st.SearchStrategy[int]:
 
 @functools.cache
 def _texts(alphabet: str | None, min_size: int, max_size: int) -> st.SearchStrategy[str]:
-    chars = st.characters() if alphabet is None else st.sampled_from(sorted(set(alphabet)))
+    # Any character but a lone surrogate, or a raw byte as its surrogateescape stand-in
+    # (U+DC80..U+DCFF, as RandomChoices draws): the message is encoded with surrogateescape.
+    chars = (st.one_of(st.characters(exclude_categories=["Cs"]),
+                       st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF))
+             if alphabet is None else st.sampled_from(sorted(set(alphabet))))
     return st.text(chars, min_size=min_size, max_size=max_size)
 
 
