@@ -11,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from sbc.media.relay import Endpoint, PortPool
 from sbc.net.media import MediaLoop, MediaPorts
+from tests.ports import free_range
 
 HOST = "127.0.0.1"
 
@@ -30,7 +31,7 @@ def setup(pairs: int = 2):  # type: ignore[no-untyped-def]
     reactor = MemoryReactorClock()
     counters: Counter[str] = Counter()
     loop = MediaLoop(reactor, counters, clock=lambda: 100.0)
-    base = 41000 + 2 * (id(reactor) % 200) * pairs  # apart from parallel runs of this test
+    base = free_range(2 * pairs)
     pool = PortPool(base, base + 2 * pairs - 1, [HOST], quarantine=0.0)
     ports = MediaPorts(loop, pool, {"external": HOST, "internal": HOST}, clock=lambda: 100.0)
     return reactor, loop, ports, counters
@@ -104,7 +105,8 @@ def test_idle_pairs_are_bounded() -> None:
     """Beyond ``max_idle`` released pairs are closed, not kept."""
     reactor = MemoryReactorClock()
     loop = MediaLoop(reactor, Counter(), clock=lambda: 1.0)
-    pool = PortPool(41900, 41907, [HOST], quarantine=0.0)
+    base = free_range(8)
+    pool = PortPool(base, base + 7, [HOST], quarantine=0.0)
     ports = MediaPorts(loop, pool, {"external": HOST, "internal": HOST}, clock=lambda: 1.0,
                        max_idle=1)
     a, b = pair(ports)
@@ -121,7 +123,7 @@ def test_media_on_ipv6_crosses_between_legs_and_latches() -> None:
     reactor = MemoryReactorClock()
     counters: Counter[str] = Counter()
     loop = MediaLoop(reactor, counters, clock=lambda: 100.0)
-    base = 43000 + 4 * (id(reactor) % 200)
+    base = free_range(4, "::1")
     pool = PortPool(base, base + 3, ["::1"], quarantine=0.0)
     ports = MediaPorts(loop, pool, {"external": "::1", "internal": "::1"}, clock=lambda: 100.0)
     a, b = pair(ports)

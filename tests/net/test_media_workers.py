@@ -30,6 +30,7 @@ from sbc.net.media_workers import (
     split_range,
 )
 from tests.e2e.media_peers import srtp_session
+from tests.ports import free_range
 
 HOST = "127.0.0.1"
 SUITE = "AES_CM_128_HMAC_SHA1_80"
@@ -191,7 +192,7 @@ class FakeLink:
 
 
 def test_a_call_goes_to_the_least_loaded_worker_and_its_streams_stay_there() -> None:
-    base = 42000 + 8 * (id(object()) % 100)
+    base = free_range(16)
     links = [FakeLink(), FakeLink()]
     shards = [MediaPorts(link, PortPool(lo, hi, [HOST], quarantine=0.0),
                          {"external": HOST, "internal": HOST}, clock=lambda: 1.0)
@@ -298,3 +299,93 @@ def test_commands_wait_in_order_while_the_worker_is_busy() -> None:
 def _close(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def test_mark_and_rollback_restore_the_worker_endpoint() -> None:
+    """A re-offer's checkpoint over the real control socket: after ``mark`` the endpoint moves
+    to a new address and key; ``rollback`` brings back the latched phone and its old key (the
+    new key and the new address are refused then); ``commit`` keeps what came after ``mark``."""
+    main = Main()
+    a, b = add_pair(main)
+    phone, moved, pbx = udp(), udp(), udp()
+    old_key, new_key = bytes(range(30)), bytes(range(100, 130))
+    crypto = {k: parse_crypto(f"1 {SUITE} inline:{base64.b64encode(k).decode()}").to_str()
+              for k in (old_key, new_key)}
+    old_tx = srtp_session(SUITE, old_key, outbound=True)
+    main.send("signal", 1, phone.getsockname(), None, False)
+    main.send("signal", 2, pbx.getsockname(), None, False)
+    main.send("rx", 1, crypto[old_key], math.inf)
+    main.run()
+    phone.sendto(old_tx.protect(rtp(1, b"\x01" * 160)), a[0].getsockname())
+    main.run()
+    assert pbx.recvfrom(2048)[0] == rtp(1, b"\x01" * 160)  # the phone is latched
+
+    main.send("mark", 1)
+    main.send("signal", 1, moved.getsockname(), None, False)
+    main.send("rx", 1, crypto[new_key], math.inf)
+    main.run()
+    pbx.sendto(rtp(50, b"\x02" * 160), b[0].getsockname())
+    main.run()
+    assert moved.recvfrom(2048)[0] == rtp(50, b"\x02" * 160)  # unlatched: the new address
+
+    main.send("rollback", 1)
+    main.run()
+    ep = main.worker.endpoints[1]
+    assert (ep.signalled_rtp, ep.remote_rtp, ep.rtp_latched, ep.saved) == (
+        phone.getsockname(), phone.getsockname(), True, None)
+    pbx.sendto(rtp(51, b"\x03" * 160), b[0].getsockname())
+    moved.sendto(old_tx.protect(rtp(2, b"\x04" * 160)), a[0].getsockname())
+    phone.sendto(srtp_session(SUITE, new_key, outbound=True).protect(rtp(3, b"\x05" * 160)),
+                 a[0].getsockname())
+    phone.sendto(old_tx.protect(rtp(4, b"\x06" * 160)), a[0].getsockname())
+    main.run()
+    assert phone.recvfrom(2048) == (rtp(51, b"\x03" * 160), a[0].getsockname())
+    assert pbx.recvfrom(2048)[0] == rtp(4, b"\x06" * 160)
+    assert ep.stats()["drops"] == {"auth": 1, "source": 1}
+
+    main.send("mark", 1)
+    main.send("signal", 1, moved.getsockname(), None, False)
+    main.send("commit", 1)
+    main.send("rollback", 1)  # nothing marked any more: nothing to undo
+    main.run()
+    assert (ep.signalled_rtp, ep.saved) == (moved.getsockname(), None)
+    assert main.worker.counters["media.worker.bad_command"] == 0
+    for s in (*a, *b, phone, moved, pbx):
+        s.close()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.commands: list[tuple] = []
+
+    def send(self, command: tuple, fds: tuple = ()) -> None:
+        self.commands.append(command)
+
+
+def test_a_remote_endpoint_mirrors_the_checkpoint_to_its_worker() -> None:
+    """The main process's endpoint sends ``mark``, ``rollback`` and ``commit`` in order with
+    the set-up they frame, restores its own copy too, and sends nothing when not marked."""
+    ep = RemoteEndpoint("external")
+    ep.eid = 7
+    link = _Recorder()
+    ep.link = link  # type: ignore[assignment]
+    crypto = parse_crypto(f"1 {SUITE} inline:{base64.b64encode(bytes(30)).decode()}")
+    ep.signal(("192.0.2.1", 4000), None, False)
+    ep.mark()
+    ep.signal(("192.0.2.2", 4000), None, False)
+    ep.install_rx(crypto, math.inf)
+    ep.rollback()
+    ep.rollback()
+    assert (ep.signalled_rtp, ep.rx) == (("192.0.2.1", 4000), None)
+    ep.mark()
+    ep.commit()
+    ep.commit()
+    assert link.commands == [
+        ("signal", 7, ("192.0.2.1", 4000), None, False),
+        ("mark", 7),
+        ("signal", 7, ("192.0.2.2", 4000), None, False),
+        ("rx", 7, crypto.to_str(), math.inf),
+        ("rollback", 7),
+        ("mark", 7),
+        ("commit", 7),
+    ]
