@@ -23,6 +23,17 @@ Targets, measured in the same run, with the same generator:
 Modes: ``rtp-rtp`` (plain both sides), ``srtp-rtp`` (SRTP outside, RTP to the PBX),
 ``srtp-srtp`` (SRTP on both legs, the SBC's own keys inside).
 
+``--chain K`` (rtp-rtp, sbc targets only): each generated stream crosses the SBC K times, so the
+generator spends 1/K of its CPU per relayed packet and the relay can be given (a share of) every
+core.  A chain is K real SBC calls c_1..c_K: the PBX answers c_i (i < K) with c_{i+1}'s external
+relay address instead of its own socket, so the caller's packets go c_1.ext -> c_1 internal ->
+c_2.ext -> ... -> c_K's PBX socket, and back the same way.  The calls are set up from c_K down
+to c_1 (each answer needs the next call's address) and every new chain is probed once, caller
+to PBX first, so that each hop latches onto the previous one.  A step of N chains offers N x 100
+packets/s and the relay forwards K times that: maxima, the CPU per packet (relay CPU over
+received x K) and the rtpengine comparison are per relayed packet; latency is end to end over
+K hops.  The floor and the ceiling keep one hop.
+
 The generator is bench/rtpload.c, compiled with ``gcc -O2`` into a temporary directory at each
 run; it is pinned to ``--gen-cpu`` (busy-polling) and the relay process(es) to the other CPUs
 with taskset.  SRTP packets are encrypted beforehand here (pylibsrtp) into a file the generator
@@ -35,7 +46,7 @@ to the floor and, for rtp-rtp and srtp-rtp, the per-packet cost against rtpengin
 
     python bench/bench_media.py [--mode rtp-rtp|srtp-rtp|srtp-srtp|all]
                                 [--target all|floor|sbc|ceiling] [--duration 3] [--workers N]
-                                [--json]
+                                [--chain K] [--json]
 """
 
 from __future__ import annotations
@@ -390,6 +401,12 @@ class Step:
     others_on_generator_cpu_s: float
     steal_s: float
     wall_s: float
+    hops: int = 1  # times each packet crosses the relay (--chain)
+
+    @property
+    def relayed_pps(self) -> float:
+        """Packets/s the relay forwards: each offered packet is forwarded ``hops`` times."""
+        return self.target_pps * self.hops
 
     @property
     def ok(self) -> bool:
@@ -419,8 +436,9 @@ class Step:
 
     @property
     def cpu_us_per_packet(self) -> float | None:
-        return self.relay_cpu_s / self.received * 1e6 if self.received and self.relay_cpu_s \
-            else None
+        """Relay CPU per relayed packet (every received packet was relayed ``hops`` times)."""
+        return self.relay_cpu_s / (self.received * self.hops) * 1e6 \
+            if self.received and self.relay_cpu_s else None
 
     @property
     def relay_busy(self) -> float:
@@ -431,11 +449,13 @@ class Step:
     @property
     def cpu_us_per_packet_incl_ksoftirqd(self) -> float | None:
         cpu = self.relay_cpu_s + self.ksoftirqd_s
-        return cpu / self.received * 1e6 if self.received and self.relay_cpu_s else None
+        return cpu / (self.received * self.hops) * 1e6 if self.received and self.relay_cpu_s \
+            else None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self) | {
             "ok": self.ok, "effective_loss": round(self.effective_loss, 6),
+            "relayed_pps": round(self.relayed_pps),
             "generator_limited": self.generator_limited, "noisy": self.noisy,
             "relay_busy": round(self.relay_busy, 3),
             "cpu_us_per_packet": _round(self.cpu_us_per_packet, 3),
@@ -451,7 +471,8 @@ class Target:
 
     name = ""
     label = ""
-    max_calls = 5000
+    max_calls = 5000  # calls, or chains of ``hops`` calls
+    hops = 1  # times each packet crosses the relay
 
     def open_step(self, calls: int) -> list[MediaCall]:
         raise NotImplementedError
@@ -473,12 +494,14 @@ class Target:
         pass
 
 
-def probe(stream: Stream, what: str) -> None:
+def probe(stream: Stream, what: str, drain_s: float = 0.05) -> None:
     """Send one packet of ``stream`` and check what comes back at its sink: it arrives, is
-    plain RTP or SRTP as the sink's leg says, and (SRTP) authenticates with the relay's key."""
+    plain RTP or SRTP as the sink's leg says, and (SRTP) authenticates with the relay's key.
+    Packets still arriving within ``drain_s`` are dropped first (0: only those queued, for
+    sinks that never had a step)."""
     plain, wire = next(stream.take(1))
     seq = plain[2:4]
-    stream.sink.settimeout(0.05)
+    stream.sink.settimeout(drain_s)
     with contextlib.suppress(OSError):
         while True:  # bounded by the socket's queue: drop stale packets
             stream.sink.recv(2048)
@@ -554,7 +577,8 @@ def run_step(target: Target, gen: Generator, calls: int, duration: float,
                     ksoftirqd_s=round(soft, 3),
                     others_on_relay_cpus_s=round(max(0.0, others_relay), 3),
                     others_on_generator_cpu_s=round(max(0.0, others_gen), 3),
-                    steal_s=round(stat["steal"] + gstat["steal"], 3), wall_s=round(wall, 2))
+                    steal_s=round(stat["steal"] + gstat["steal"], 3), wall_s=round(wall, 2),
+                    hops=target.hops)
     finally:
         target.close_step()
 
@@ -568,22 +592,30 @@ class Search:
     latency_step: Step | None = None
     error: str | None = None
     limit: str = ""
+    hops: int = 1  # times each packet crosses the relay (--chain)
 
     @property
     def max_pps(self) -> int:
+        """Offered (generator) packets/s at the maximum."""
         return self.max_calls * STREAMS_PER_CALL * PPS_PER_STREAM
 
     @property
+    def max_relayed_pps(self) -> int:
+        """Packets/s the relay forwarded at the maximum: ``hops`` x offered."""
+        return self.max_pps * self.hops
+
+    @property
     def cpu_us_per_packet(self) -> float | None:
+        """Relay CPU per relayed packet over the passing steps."""
         passed = [s for s in self.steps if s.ok]
-        packets = sum(s.received for s in passed)
+        packets = sum(s.received for s in passed) * self.hops
         cpu = sum(s.relay_cpu_s for s in passed)
         return cpu / packets * 1e6 if packets and cpu else None
 
     @property
     def cpu_us_per_packet_incl_ksoftirqd(self) -> float | None:
         passed = [s for s in self.steps if s.ok]
-        packets = sum(s.received for s in passed)
+        packets = sum(s.received for s in passed) * self.hops
         cpu = sum(s.relay_cpu_s + s.ksoftirqd_s for s in passed)
         return cpu / packets * 1e6 if packets and self.cpu_us_per_packet else None
 
@@ -600,6 +632,7 @@ class Search:
         lat = self.latency_step
         return {"target": self.target, "label": self.label, "error": self.error,
                 "max_pps_under_0.1pct_loss": self.max_pps, "max_calls": self.max_calls,
+                "hops": self.hops, "max_relayed_pps": self.max_relayed_pps,
                 "limited_by": self.limit,
                 "cpu_us_per_packet": _round(self.cpu_us_per_packet, 3),
                 "cpu_us_per_packet_at_max": _round(self.cpu_us_per_packet_at_max, 3),
@@ -614,7 +647,7 @@ class Search:
 
 def search(target: Target, gen: Generator, args: argparse.Namespace,
            log: Log) -> Search:
-    result = Search(target.name, target.label)
+    result = Search(target.name, target.label, hops=target.hops)
     cap = min(args.max_calls, target.max_calls)
     good, bad, calls = 0, None, min(args.start_calls, cap)
 
@@ -646,7 +679,8 @@ def search(target: Target, gen: Generator, args: argparse.Namespace,
                 good, bad = (mid, bad) if s.ok else (good, mid)
         result.max_calls = good
         if bad is None:
-            result.limit = f"none found up to {cap} calls (--max-calls or the port range)"
+            unit = "calls" if target.hops == 1 else f"chains of {target.hops} calls"
+            result.limit = f"none found up to {cap} {unit} (--max-calls or the port range)"
         else:
             failed = [s for s in result.steps if s.calls == bad][-1]
             if failed.generator_limited:
@@ -896,7 +930,9 @@ class SbcCall:
     uas_suite: str = ""
     bye_sent: float = 0.0
     bye: bytes = b""  # retransmitted as is (same branch, RFC 3261 17.1.2)
-    media: MediaCall | None = None
+    # --chain: the media address the PBX answers with instead of its own u_sock (the next
+    # call's external relay address)
+    answer_media: tuple[str, int] | None = None
 
     @property
     def user(self) -> str:
@@ -1075,9 +1111,9 @@ class SipAgent:
                 call.error = "the INVITE to the PBX offers SRTP although pbx.srtp is none"
         except BenchError as e:
             call.error = f"INVITE to the PBX: {e}"
-        port = call.u_sock.getsockname()[1]
+        host, port = call.answer_media or ("127.0.0.1", call.u_sock.getsockname()[1])
         lines = ["v=0", f"o=pbx {call.n + 5000} 1 IN IP4 127.0.0.1", "s=-",
-                 "c=IN IP4 127.0.0.1", "t=0 0",
+                 f"c=IN IP4 {host}", "t=0 0",
                  f"m=audio {port} RTP/{'SAVP' if self.mode.int_srtp else 'AVP'} 0",
                  "a=rtpmap:0 PCMU/8000", "a=ptime:20"]
         if self.mode.int_srtp and chosen is not None:
@@ -1190,6 +1226,18 @@ class SipAgent:
             self.poll(0.01)
 
 
+@dataclass(eq=False)
+class Chain:
+    """K SBC calls one stream pair crosses in turn (--chain K; K = 1: one plain call)."""
+
+    calls: list[SbcCall]  # c_1 .. c_K in media order (the caller's side first)
+    media: MediaCall | None = None
+
+    @property
+    def up(self) -> bool:
+        return len(self.calls) > 0 and all(c.state == "up" for c in self.calls)
+
+
 SBC_CONFIG = """\
 node: {{id: bench-media}}
 logging: {{format: text, level: warn}}
@@ -1219,17 +1267,24 @@ class SbcTarget(Target):
     set up when a step needs more, all are hung up at the end)."""
 
     name = "sbc"
-    max_calls = (RELAY_PORTS[1] - RELAY_PORTS[0] + 1) // SBC_PORTS_PER_CALL
 
     def __init__(self, mode: Mode, workdir: Path, relay_cpus: str, args: argparse.Namespace,
                  workers: int | None) -> None:
         self.mode, self.workdir, self.cpus, self.args = mode, workdir, relay_cpus, args
         self.workers = workers
+        self.hops = args.chain
+        # Counted in chains: each of the K calls takes 4 relay ports (and 2 generator ports).
+        self.max_calls = min((RELAY_PORTS[1] - RELAY_PORTS[0] + 1) // SBC_PORTS_PER_CALL,
+                             (GEN_PORTS[1] - GEN_PORTS[0]) // 2) // self.hops
         self.label = (f"sbc run (media.srtp {'require' if mode.ext_srtp else 'none'}, "
                       f"pbx.srtp {'require' if mode.int_srtp else 'none'}"
                       f"{f', media.workers {workers}' if workers else ''})")
-        if workers:
-            self.name = f"sbc workers={workers}"
+        if self.hops > 1:
+            self.label += (f"; chains of {self.hops} calls: each packet crosses the SBC "
+                           f"{self.hops} times")
+        self.name = " ".join(["sbc", *([f"workers={workers}"] if workers else []),
+                              *([f"chain={self.hops}"] if self.hops > 1 else [])])
+        self.chains: list[Chain] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.agent: SipAgent | None = None
         self.media_pool = PortPool(*GEN_PORTS)
@@ -1268,21 +1323,44 @@ class SbcTarget(Target):
         if self.proc.poll() is not None:
             raise BenchError("the sbc exited: " + self.log.read_text(errors="replace")[-500:])
         agent.poll(0.05)  # BYEs from the SBC, if any
-        for _ in range(3):  # bounded: calls that fail are replaced at most three times
-            live = [c for c in agent.calls if c.state == "up"]
+        for _ in range(3):  # bounded: chains that fail are replaced at most three times
+            live = [ch for ch in self.chains if ch.up]
             if len(live) >= calls:
                 break
-            new = [agent.add_call(len(agent.calls), self.media_pool.take(),
-                                  self.media_pool.take()) for _ in range(calls - len(live))]
-            agent.setup(new, self.args.cps)
-            self._check(new)
-        live = [c for c in agent.calls if c.state == "up"][:calls]
+            self._build(calls - len(live))
+        live = [ch for ch in self.chains if ch.up][:calls]
         if len(live) < calls:
-            raise BenchError(f"only {len(live)} of {calls} calls could be set up")
-        for c in live:
-            if c.media is None:
-                c.media = self._media(c)
-        return [c.media for c in live if c.media is not None]
+            unit = "calls" if self.hops == 1 else f"chains of {self.hops} calls"
+            raise BenchError(f"only {len(live)} of {calls} {unit} could be set up")
+        for i, ch in enumerate(live):
+            if ch.media is None:
+                ch.media = self._media(ch.calls[0], ch.calls[-1])
+                if self.hops > 1:  # latch each hop onto the previous one, caller side first
+                    what = f"{self.name}: chain {i} ({self.hops} calls)"
+                    probe(ch.media.out, f"{what}, caller -> PBX", drain_s=0)
+                    probe(ch.media.back, f"{what}, PBX -> caller", drain_s=0)
+        return [ch.media for ch in live if ch.media is not None]
+
+    def _build(self, count: int) -> None:
+        """Set up ``count`` new chains, their last calls first: the PBX answers c_i with the
+        external relay address of c_{i+1}, which exists once c_{i+1} is up."""
+        agent = self.agent
+        assert agent is not None
+        new = [Chain([]) for _ in range(count)]
+        for _ in range(self.hops):  # bounded: one stage per hop, c_K down to c_1
+            stage = []
+            for ch in new:
+                if ch.calls and not ch.up:
+                    continue  # a later call of this chain failed: given up
+                call = agent.add_call(len(agent.calls), self.media_pool.take(),
+                                      self.media_pool.take())
+                if ch.calls:
+                    call.answer_media = ch.calls[0].ext
+                ch.calls.insert(0, call)
+                stage.append(call)
+            agent.setup(stage, self.args.cps)
+            self._check(stage)
+        self.chains += new
 
     def _check(self, new: list[SbcCall]) -> None:
         """Fail with a clear message when the SBC does not anchor media as the contract says."""
@@ -1305,15 +1383,18 @@ class SbcTarget(Target):
             raise BenchError(f"{len(failed)} of {len(new)} calls failed to set up, e.g. "
                              f"{failed[0].user}: {failed[0].error}")
 
-    def _media(self, c: SbcCall) -> MediaCall:
-        assert c.ext is not None and c.internal is not None
+    def _media(self, first: SbcCall, last: SbcCall) -> MediaCall:
+        """The streams of a chain (``first`` is ``last`` for a single call): the caller of the
+        first call to the PBX of the last one, and back."""
+        assert first.ext is not None and last.internal is not None
         return MediaCall(
-            c.a_sock, c.u_sock,
-            Stream(c.a_sock, c.u_sock, c.ext, send_key=c.uac_key, suite=self.args.suite,
-                   recv_key=c.int_key, recv_suite=c.int_suite or self.args.suite),
-            Stream(c.u_sock, c.a_sock, c.internal, send_key=c.uas_key,
-                   suite=c.uas_suite or self.args.suite, recv_key=c.ext_key,
-                   recv_suite=c.ext_suite or self.args.suite))
+            first.a_sock, last.u_sock,
+            Stream(first.a_sock, last.u_sock, first.ext, send_key=first.uac_key,
+                   suite=self.args.suite, recv_key=last.int_key,
+                   recv_suite=last.int_suite or self.args.suite),
+            Stream(last.u_sock, first.a_sock, last.internal, send_key=last.uas_key,
+                   suite=last.uas_suite or self.args.suite, recv_key=first.ext_key,
+                   recv_suite=first.ext_suite or self.args.suite))
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.proc.pid) if self.proc else 0.0
@@ -1364,8 +1445,11 @@ class Log:
         noise = (f" NOISY (others {s.others_on_generator_cpu_s:.2f}/"
                  f"{s.others_on_relay_cpus_s:.2f} s on gen/relay CPUs, steal {s.steal_s:.2f} s)"
                  if s.noisy else "")
+        rate = (f"{s.calls:>5} calls {s.target_pps:>8.0f} pps" if s.hops == 1 else
+                f"{s.calls:>5} chains {s.target_pps:>8.0f} pps x{s.hops} = "
+                f"{s.relayed_pps:>8.0f} relayed pps")
         self.line(
-            f"  {what} {s.calls:>5} calls {s.target_pps:>8.0f} pps: recv {s.received}/{s.sent}"
+            f"  {what} {rate}: recv {s.received}/{s.sent}"
             f" lost {s.lost} late {s.late} ({s.effective_loss * 100:.3f}%)"
             f" p50/p99 {lat['p50']:.0f}/{lat['p99']:.0f} us"
             f"{backlog}"
@@ -1386,20 +1470,28 @@ def summary_line(r: Search) -> str:
     lat = r.latency_step
     soft = r.cpu_us_per_packet_incl_ksoftirqd
     at_max = r.cpu_us_per_packet_at_max
-    text = (f"{r.target}: max {r.max_pps} pps ({r.max_calls} calls) with <0.1% lost or late"
-            f", relay CPU {f'{cpu:.2f} us/packet over the passing steps' if cpu else 'n/a'}"
+    if r.hops == 1:
+        rate = f"max {r.max_pps} pps ({r.max_calls} calls)"
+    else:
+        rate = (f"max {r.max_relayed_pps} relayed pps ({r.max_pps} pps offered x {r.hops} "
+                f"hops, {r.max_calls} chains of {r.hops} calls)")
+    per = "us/packet" if r.hops == 1 else "us/relayed packet"
+    text = (f"{r.target}: {rate} with <0.1% lost or late"
+            f", relay CPU {f'{cpu:.2f} {per} over the passing steps' if cpu else 'n/a'}"
             f"{f' ({soft:.2f} with ksoftirqd)' if soft and soft - cpu >= 0.01 else ''}"
             f"{f', {at_max:.2f} at the max' if at_max else ''}")
     if lat:
         text += (f", latency p50/p99 {lat.latency_us['p50']:.0f}/{lat.latency_us['p99']:.0f} us"
-                 f" at {lat.target_pps:.0f} pps")
+                 f" at {lat.target_pps:.0f} pps"
+                 f"{f' offered, end to end over {r.hops} hops' if r.hops > 1 else ''}")
     text += f"; limited by {r.limit}" if r.limit else ""
     text += f"; {r.noisy_steps} noisy step(s)" if r.noisy_steps else ""
     return text + (f" (stopped: {r.error})" if r.error else "")
 
 
 def compare(mode: Mode, floor: Search | None, sbc: list[Search]) -> dict[str, object]:
-    """Ratios: each sbc search to the floor, and the sbc and the floor to rtpengine."""
+    """Ratios: each sbc search to the floor, and the sbc and the floor to rtpengine; in
+    relayed packets/s and CPU per relayed packet (the same as offered with one hop)."""
     out: dict[str, object] = {}
     ref = REFERENCE.get(mode.name)
 
@@ -1413,12 +1505,12 @@ def compare(mode: Mode, floor: Search | None, sbc: list[Search]) -> dict[str, ob
             entry["cpu_per_packet_at_max_ratio_to_rtpengine"] = round(
                 r.cpu_us_per_packet_at_max / ref["cpu_us_per_packet"], 3)
         if r.max_pps:
-            entry["pps_ratio_to_rtpengine"] = round(r.max_pps / ref["pps"], 3)
+            entry["pps_ratio_to_rtpengine"] = round(r.max_relayed_pps / ref["pps"], 3)
 
     for r in sbc:
         entry: dict[str, object] = {}
         if floor is not None and floor.max_pps and r.max_pps:
-            entry["pps_ratio_to_floor"] = round(r.max_pps / floor.max_pps, 3)
+            entry["pps_ratio_to_floor"] = round(r.max_relayed_pps / floor.max_relayed_pps, 3)
         if floor is not None and floor.cpu_us_per_packet and r.cpu_us_per_packet:
             entry["cpu_per_packet_ratio_to_floor"] = round(
                 r.cpu_us_per_packet / floor.cpu_us_per_packet, 3)
@@ -1438,6 +1530,9 @@ def main() -> int:
                     help="what to measure besides the generator ceiling (always measured)")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds of media per step")
     ap.add_argument("--workers", type=int, help="also measure the sbc with media.workers N")
+    ap.add_argument("--chain", type=int, default=1, metavar="K",
+                    help="rtp-rtp, sbc only: each stream crosses K chained SBC calls, so the "
+                         "relay forwards K x the generator's packets (see the module doc)")
     ap.add_argument("--start-calls", type=int, default=100)
     ap.add_argument("--max-calls", type=int, default=5000)
     ap.add_argument("--bisect-steps", type=int, default=5)
@@ -1456,6 +1551,11 @@ def main() -> int:
     args = ap.parse_args()
     if not 0.5 <= args.duration <= 60:
         ap.error("--duration must be 0.5..60 s")
+    if not 1 <= args.chain <= 100:
+        ap.error("--chain must be 1..100")
+    if args.chain > 1 and args.mode != "rtp-rtp":  # one line, without the usage
+        ap.exit(2, f"{ap.prog}: error: --chain {args.chain} needs --mode rtp-rtp (an SRTP hop "
+                "would need the previous hop's SBC key as the next caller's offer key)\n")
     cpus = sorted(os.sched_getaffinity(0))
     relay_cpus = args.relay_cpus or ",".join(str(c) for c in cpus if c != args.gen_cpu) \
         or str(args.gen_cpu)
@@ -1491,6 +1591,12 @@ def main() -> int:
         log.line(f"note: --workers {args.workers} with the relay on one CPU ({relay_cpus}) "
                  "cannot scale; --relay-cpus 0-1 lets the workers use both CPUs, shared with "
                  "the generator")
+    if args.chain > 1:
+        results["chain"] = args.chain
+        log.line(f"chain: each packet crosses the SBC {args.chain} times (chains of "
+                 f"{args.chain} calls); relayed pps = {args.chain} x offered pps and CPU per "
+                 f"relayed packet = relay CPU / (received x {args.chain}). Applies to the sbc "
+                 "only: the floor and the generator ceiling keep one hop")
     with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
         workdir = Path(tmp)
         gen = Generator(workdir, args.gen_cpu, args.max_packet_mb, args.late_ms)
@@ -1519,10 +1625,12 @@ def main() -> int:
                 if r is not None:
                     log.line("  " + summary_line(r))
             if len(sbcs) > 1 and sbcs[0].max_pps and sbcs[1].max_pps:
-                scaling = round(sbcs[1].max_pps / sbcs[0].max_pps, 3)
+                scaling = round(sbcs[1].max_relayed_pps / sbcs[0].max_relayed_pps, 3)
                 ratios["worker_scaling"] = scaling
+                relayed = (f" ({sbcs[1].max_relayed_pps} / {sbcs[0].max_relayed_pps} relayed "
+                           f"pps, {args.chain} hops)" if args.chain > 1 else "")
                 log.line(f"  worker scaling (workers={args.workers} / default): {scaling}x"
-                         f" on relay CPU(s) {relay_cpus}")
+                         f"{relayed} on relay CPU(s) {relay_cpus}")
             ref = REFERENCE.get(mode.name)
             for name, entry in ratios.items():
                 if isinstance(entry, dict) and entry:
@@ -1530,12 +1638,16 @@ def main() -> int:
             if ref:
                 log.line(f"  reference rtpengine 10.5 userspace: {ref['pps']} pps, "
                          f"{ref['cpu_us_per_packet']} us/packet (goal: our us/packet within "
-                         f"{GOAL_COST_RATIO}x, whole-machine pps at or above)")
+                         f"{GOAL_COST_RATIO}x, whole-machine pps at or above)"
+                         + (f"; sbc figures are relayed packets ({args.chain} per packet "
+                            "offered)" if args.chain > 1 and sbcs else ""))
             else:
                 log.line("  reference rtpengine: no figure for this mode")
             if ceiling.max_pps and ceiling.limit.startswith("generator"):
                 log.line(f"  generator ceiling {ceiling.max_pps} pps: a maximum near it is the "
-                         f"generator's, not the relay's")
+                         f"generator's, not the relay's"
+                         + (" (for chains: an offered maximum near it)" if args.chain > 1
+                            else ""))
         results["modes"] = per_mode
     if args.json:
         print(json.dumps(results, indent=2))
