@@ -449,6 +449,7 @@ class _Relay:
     cancelled: bool = False
     ack: Request | None = None  # a re-INVITE's 2xx: the ACK sent on the other leg
     offer: bool = False  # the request carried an SDP offer (its responses answer)
+    answer_due: bool = False  # its 2xx carried the offer: the ACK must answer (RFC 3264)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1052,6 +1053,9 @@ class B2BUA:
                                                     role=role)
             except (SdpError, MediaRefused):
                 body, headers = b"", []
+            if relay.answer_due:  # an ACK without a usable answer: the 2xx's offer failed
+                relay.answer_due = False
+                self._offer_ended(call, "b" if relay.from_a else "a")
             relay.ack = other.create_ack(relay.out.cseq.seq, body=body, headers=headers)
             own = self.settings.own(relay.target.interface, relay.target.transport)
             relay.ack.headers.prepend("Via", own.via(self.ids.branch()))
@@ -1299,6 +1303,8 @@ class B2BUA:
                 return
             body, extra = b"", []
             status = e.status if isinstance(e, MediaRefused) else 502
+        if role is not None and role.startswith("offer-") and body:
+            relay.answer_due = True
         if not body:
             extra = [(n, v) for n, v in extra if canonical_name(n) != "content-type"]
         if 200 <= status < 300 and method in ("INVITE", "UPDATE"):
@@ -1314,6 +1320,9 @@ class B2BUA:
             return
         if response.status >= 200:
             relay.final_sent = True
+            if relay.offer and relay.call is not None:
+                # Whatever the final: a 2xx whose answer was accepted settled the offer already.
+                self._offer_ended(relay.call, "a" if relay.from_a else "b")
         relay.server.send_response(response, now)
         self._pump(relay.server, now)
 
@@ -1323,6 +1332,9 @@ class B2BUA:
             return
         if relay.server.terminated and (relay.client is None or relay.client.terminated):
             call.relays.pop(id(relay), None)
+            if relay.answer_due and relay.ack is None:  # the 2xx offered; no ACK came (Timer L)
+                relay.answer_due = False
+                self._offer_ended(call, "b" if relay.from_a else "a")
             if call.reinvite is relay and relay.ack is None and relay.final_sent:
                 call.reinvite = None
 
@@ -1497,6 +1509,14 @@ class B2BUA:
             ) or s.srtp_external
         return LegPolicy(peer.interface, policy,  # type: ignore[arg-type]
                          peer.transport.lower() == "tls", peer.host)
+
+    def _offer_ended(self, call: Call, leg: str) -> None:
+        """An offer ``leg`` made inside the call ended without an accepted answer (a non-2xx
+        final, an answer refused by the media policy, a CANCEL, a timeout, a 2xx or an ACK
+        without the answer): its media goes back to what it was before (RFC 3261 14.1, RFC
+        3264 8).  Nothing happens when a final answer settled it."""
+        if self.media is not None and call.media is not None:
+            self.media.offer_failed(call.media, leg)
 
     def _media_refused(self, error: MediaRefused, origin: Origin, now: float,
                        call: Call | None = None) -> SipParseError:
@@ -1728,8 +1748,10 @@ class B2BUA:
             sdp = parse_sdp(source.body)
             if kind == "offer":
                 sdp = self.media.offer(media, leg, sdp, source.body, now)
-            else:
-                sdp = self.media.answer(media, leg, sdp, source.body, now)
+            else:  # an answer in an (unreliable) 18x does not settle the offer: its final does
+                provisional = isinstance(source, Response) and source.status < 200
+                sdp = self.media.answer(media, leg, sdp, source.body, now,
+                                        provisional=provisional)
         else:
             sdp = parsed if parsed is not None else parse_sdp(source.body)
         origin = call.sdp.get(to_side)

@@ -20,6 +20,14 @@ handshake the SBC does not terminate) are removed, and codecs and directions pas
 B2BUA says which body is an offer and which an answer (RFC 3264: an INVITE's body is the offer
 and the responses' the answer, or the 2xx offers and the ACK answers).
 
+An offer is pending until a final answer settles it.  If it fails instead (a non-2xx final, an
+answer the policy refuses, a CANCEL or a timeout: RFC 3261 14.1, RFC 3264 8), the B2BUA calls
+:meth:`MediaManager.offer_failed` and the session is as it was before the offer: each
+endpoint's addresses, latching, ``rtcp-mux``, clock and SRTP contexts (:meth:`Endpoint.mark`,
+:meth:`Endpoint.rollback`), each leg's negotiation, and the streams; streams the offer added
+are released.  So until the offer is settled nothing it replaced is closed or released: a
+replaced key stays valid, a plain re-offer's contexts and a refused stream's ports stay in use.
+
 Policies (RFC 4568, per leg): ``require`` -- an offer without acceptable SDES crypto is refused
 with 488 and an answer without it fails the call; ``optional`` -- SRTP when the peer offers it;
 ``none`` -- plain RTP only, and an SRTP-only offer is refused.  SDES keys travel in the clear
@@ -56,6 +64,7 @@ import dataclasses
 import ipaddress
 import math
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +86,8 @@ MIN_RTCP = 8  # bytes: an RTCP header with the sender SSRC (RFC 3550 6.4)
 SEQ_MOD = 1 << 16
 MAX_DROPOUT = 3000  # packets: RFC 3550 A.1's jump still taken as the same stream
 MAX_MISORDER = 100
+# The fixed RTP header: V/P/X/CC, M/PT, sequence number, timestamp, SSRC.
+_RTP_HEADER = struct.Struct("!BBHII").unpack_from
 DEFAULT_CLOCK_RATE = 8000  # Hz: the clock of G.711/G.729/GSM (RFC 3551 6)
 # Attributes that name the far side's addresses or a handshake the SBC does not terminate
 # (ICE, RFC 8839; DTLS-SRTP, RFC 5763): never copied to the other leg.
@@ -199,7 +210,7 @@ class Endpoint:
         "rtcp_packets", "rtcp_bytes", "sent", "drops", "drop_malformed", "drop_source",
         "drop_auth", "drop_replay", "drop_crypto", "drop_rate", "drop_no_peer",
         "drop_expired", "base_seq", "max_seq", "cycles", "received", "reordered", "jitter",
-        "transit", "clock_rate", "ssrc", "rtp_sock", "rtcp_sock", "auth_sources",
+        "transit", "clock_rate", "ssrc", "rtp_sock", "rtcp_sock", "auth_sources", "saved",
     )
 
     def __init__(self, interface: str, session: MediaSession | None = None) -> None:
@@ -243,12 +254,13 @@ class Endpoint:
         self.received = 0
         self.reordered = 0
         self.jitter = 0.0  # in timestamp units
-        self.transit: int | None = None
+        self.transit: float | None = None
         self.clock_rate = DEFAULT_CLOCK_RATE
         self.ssrc = -1
         self.rtp_sock: Any = None  # the edge's sockets for this endpoint's two ports
         self.rtcp_sock: Any = None
         self.auth_sources: dict[str, int] | None = None
+        self.saved: tuple[Any, ...] | None = None  # mark(): the state before an offer
 
     def __repr__(self) -> str:
         return (f"Endpoint({self.interface}:{self.port} remote={self.remote_rtp} "
@@ -261,11 +273,16 @@ class Endpoint:
         ``srtp.PACKET_VIEW``).  Returns the length to send from the other leg's RTP port to
         ``other.remote_rtp``, that length plus :data:`RTCP_FLAG` for RTCP to send from the
         other leg's RTCP path (:meth:`rtcp_target`), or -1 when it is dropped (and counted)."""
-        v = srtp.PACKET_VIEW
-        if n < MIN_RTP or v[0] & 0xC0 != 0x80:  # RTP version 2 (RFC 3550 5.1)
+        if n < MIN_RTP:
             self.drop_malformed += 1
             return -1
-        if 64 <= v[1] & 0x7F <= 95:  # RTCP PT 192-223 on the RTP port: muxed (RFC 5761 4)
+        # The fixed header in one call (SRTP leaves it in clear): version, payload type,
+        # sequence number, timestamp, SSRC (RFC 3550 5.1).
+        b0, b1, seq, ts, ssrc = _RTP_HEADER(srtp.PACKET_VIEW)
+        if b0 & 0xC0 != 0x80:  # RTP version 2
+            self.drop_malformed += 1
+            return -1
+        if 64 <= b1 & 0x7F <= 95:  # RTCP PT 192-223 on the RTP port: muxed (RFC 5761 4)
             m = self.rtcp_in(n, addr, now)
             return m + RTCP_FLAG if m >= 0 else m
         rx = self.rx
@@ -305,9 +322,8 @@ class Endpoint:
         self.packets += 1
         self.bytes += n
         # Receiver statistics (RFC 3550 A.1 sequence, A.8 jitter), integers on the common path.
-        seq = v[2] << 8 | v[3]
-        if self.base_seq < 0 or v[8] << 24 | v[9] << 16 | v[10] << 8 | v[11] != self.ssrc:
-            self._new_source(seq)
+        if self.base_seq < 0 or ssrc != self.ssrc:
+            self._new_source(seq, ssrc)
         else:
             delta = (seq - self.max_seq) & 0xFFFF
             if delta < MAX_DROPOUT:
@@ -317,10 +333,9 @@ class Endpoint:
             elif delta > SEQ_MOD - MAX_MISORDER:
                 self.reordered += 1
             else:  # a jump: RFC 3550 A.1 restarts the count on a new sequence
-                self._new_source(seq)
+                self._new_source(seq, ssrc)
         self.received += 1
-        arrival = int(now * self.clock_rate)
-        transit = arrival - (v[4] << 24 | v[5] << 16 | v[6] << 8 | v[7])
+        transit = now * self.clock_rate // 1 - ts  # integral (a float: no int() call)
         last = self.transit
         self.transit = transit
         if last is not None:
@@ -455,9 +470,8 @@ class Endpoint:
         if self.session is not None:
             self.session.auth_failures += 1
 
-    def _new_source(self, seq: int) -> None:
-        v = srtp.PACKET_VIEW
-        self.ssrc = v[8] << 24 | v[9] << 16 | v[10] << 8 | v[11]
+    def _new_source(self, seq: int, ssrc: int) -> None:
+        self.ssrc = ssrc
         self.base_seq = seq
         self.max_seq = seq
         self.cycles = 0
@@ -515,7 +529,7 @@ class Endpoint:
         replaced = self.rx is not None
         if replaced:
             if self.rx_prev is not None:
-                self.rx_prev.close()
+                self._retire(self.rx_prev)
             self.rx_prev = self.rx
             self.rx_prev_until = prev_until
         self.rx = ctx
@@ -526,7 +540,7 @@ class Endpoint:
         rocs = self.tx.rocs() if self.tx is not None else None
         ctx = srtp.SrtpContext(crypto.suite, crypto.key_salt, outbound=True, rocs=rocs)
         if self.tx is not None:
-            self.tx.close()
+            self._retire(self.tx)
         self.tx = ctx
 
     def start_grace(self, until: float) -> None:
@@ -541,11 +555,59 @@ class Endpoint:
             self.remote_rtcp = self.remote_rtp
 
     def close(self) -> None:
-        """Plain RTP from now on: every SRTP context of the leg closed."""
+        """Plain RTP from now on: every SRTP context of the leg closed (or, under a
+        :meth:`mark`, kept for :meth:`rollback` until :meth:`commit`)."""
         for ctx in (self.rx, self.rx_prev, self.tx):
             if ctx is not None:
-                ctx.close()
+                self._retire(ctx)
         self.rx = self.rx_prev = self.tx = None
+
+    # An offer that fails leaves the session as it was before it (RFC 3264 8, RFC 3261 14.1):
+    # mark() before the offer changes anything, rollback() when it fails, commit() once an
+    # answer accepts it.  Between them a replaced SRTP context is kept, not closed.
+
+    def mark(self) -> None:
+        """Remember the negotiated state: signalled and current peer addresses, latching,
+        ``rtcp-mux``, clock rate and the SRTP contexts (an earlier mark is committed)."""
+        self.commit()
+        self.saved = (
+            self.signalled_rtp, self.signalled_rtcp, self.remote_rtp, self.remote_rtcp,
+            self.rtp_latched, self.rtcp_latched, self.mux, self.clock_rate, self.rx_prev_until,
+            self.rx, self.rx_prev, self.tx,
+        )
+
+    def rollback(self) -> None:
+        """Back to the state :meth:`mark` remembered: the contexts installed since are closed
+        and the replaced ones are in force again (counters and statistics are not undone)."""
+        saved = self.saved
+        if saved is None:
+            return
+        self.saved = None
+        kept = saved[9:]
+        for ctx in (self.rx, self.rx_prev, self.tx):
+            if ctx is not None and not any(ctx is k for k in kept):
+                ctx.close()
+        (self.signalled_rtp, self.signalled_rtcp, self.remote_rtp, self.remote_rtcp,
+         self.rtp_latched, self.rtcp_latched, self.mux, self.clock_rate, self.rx_prev_until,
+         self.rx, self.rx_prev, self.tx) = saved
+
+    def commit(self) -> None:
+        """Forget the mark: the contexts replaced since it are closed now."""
+        saved = self.saved
+        if saved is None:
+            return
+        self.saved = None
+        live = (self.rx, self.rx_prev, self.tx)
+        for ctx in saved[9:]:
+            if ctx is not None and not any(ctx is c for c in live):
+                ctx.close()
+
+    def _retire(self, ctx: Any) -> None:
+        """``ctx`` was replaced: closed, unless the mark keeps it for :meth:`rollback`."""
+        saved = self.saved
+        if saved is not None and any(ctx is k for k in saved[9:]):
+            return
+        ctx.close()
 
 
 @dataclass(eq=False, slots=True)
@@ -577,6 +639,23 @@ class Stream:
 
 
 @dataclass(eq=False, slots=True)
+class _PendingOffer:
+    """An offer awaiting its answer, and what it changed: the undo record of
+    :meth:`MediaManager.offer_failed` (the streams' endpoints hold their own :meth:`Endpoint.mark`).
+    Releases and closings the offer or its answer call for wait here until an answer settles it."""
+
+    from_leg: str
+    streams: list[Stream]  # session.streams before the offer
+    # Each stream live before the offer: its legs' negotiation and its a=inactive, as they were.
+    saved: list[tuple[Stream, _LegState, _LegState, bool]] = field(default_factory=list)
+    added: list[Stream] = field(default_factory=list)  # released if the offer fails
+    # Released when the offer is settled: the live streams the offer, or its answer, refused.
+    refused: list[Stream] = field(default_factory=list)
+    unanswered: list[Stream] = field(default_factory=list)
+    plain: list[Endpoint] = field(default_factory=list)  # plain re-offer: keys closed then
+
+
+@dataclass(eq=False, slots=True)
 class MediaSession:
     """The media of one call: its streams, the legs' policies, and the offer in flight."""
 
@@ -585,6 +664,7 @@ class MediaSession:
     created_at: float
     streams: list[Stream] = field(default_factory=list)
     offer_from: str | None = None  # the leg whose offer awaits an answer
+    pending: _PendingOffer | None = None  # the offer not yet settled by a final answer
     answered_at: float | None = None
     last_answer: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     last_offer: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
@@ -659,6 +739,11 @@ class MediaManager:
             return record
         session.closed = True
         self.sessions.pop(id(session), None)
+        pending, session.pending = session.pending, None
+        if pending is not None:  # the keys an unanswered offer replaced go too
+            for stream, _a, _b, _inactive in pending.saved:
+                stream.a.commit()
+                stream.b.commit()
         for stream in session.streams:
             self._release(stream)
         return record
@@ -726,7 +811,11 @@ class MediaManager:
               body: bytes, now: float) -> SessionDescription:
         """``sdp`` (raw ``body``) is an offer from ``from_leg``: check it against that leg's
         policy, allocate endpoints for new streams, install the offerer's keys, and return
-        the offer for the other leg.  Raises :class:`MediaRefused` (nothing changed then)."""
+        the offer for the other leg.  Raises :class:`MediaRefused` (nothing changed then).
+
+        The offer stays pending until :meth:`answer` settles it with a final answer, or
+        :meth:`offer_failed` undoes it; until then what it replaced (the offerer's address and
+        key, the SRTP contexts of a plain re-offer, the streams it refuses) is kept."""
         to_leg = "b" if from_leg == "a" else "a"
         cached = session.last_offer.get(from_leg)
         if cached is not None and cached[0] == body and session.offer_from == from_leg:
@@ -737,12 +826,16 @@ class MediaManager:
             _refusable(m) for m in sdp.media
         ):
             raise self._refusal(session, from_leg, sdp)
+        if session.pending is not None:
+            # An offer crossing one still unanswered (glare the endpoints answer 491, RFC 3311
+            # 5.2): the earlier one is kept from here on, the new one can be undone.
+            self._settle(session, now)
         out = sdp.copy()
         _strip_session(out)
         interface = session.legs[to_leg].interface
         address = self.settings.interfaces[interface].public
         out.set_connection_address(address)
-        new_streams: list[Stream] = []
+        pending = session.pending = self._checkpoint(session, from_leg)
         try:
             for i, (m_in, m_out, chosen) in enumerate(zip(sdp.media, out.media, plans,
                                                           strict=True)):
@@ -750,15 +843,14 @@ class MediaManager:
                 if chosen is None:
                     _reject_media(m_out)
                     if stream is not None and not stream.rejected:
-                        self._release(stream)
+                        pending.refused.append(stream)  # it carries media until the answer
                     continue
                 if stream is None or stream.rejected:
                     stream = self._new_stream(session, i)
-                    new_streams.append(stream)
+                    pending.added.append(stream)
                 self._apply_offer(session, stream, from_leg, to_leg, m_in, m_out, chosen, now)
         except MediaRefused:
-            for stream in new_streams:
-                self._release(stream)
+            self._rollback(session)  # e.g. no ports for a later stream: nothing changed
             raise
         while len(session.streams) < len(sdp.media):  # trailing lines refused (port 0)
             session.streams.append(_placeholder(session, len(session.streams)))
@@ -770,14 +862,21 @@ class MediaManager:
         return out
 
     def answer(self, session: MediaSession, from_leg: str, sdp: SessionDescription,
-               body: bytes, now: float) -> SessionDescription:
+               body: bytes, now: float, *, provisional: bool = False) -> SessionDescription:
         """``sdp`` answers the offer the SBC sent to ``from_leg``: install that leg's address
         and keys, and return the answer for the offerer.  The same answer again (a 183 then
         the 200, a retransmitted 2xx) gives the same SDP, keys included.  Raises
         :class:`MediaRefused` when the answer breaks that leg's policy, :class:`SdpError` when
-        it does not answer the offer."""
+        it does not answer the offer.
+
+        A final answer settles the offer (what it replaced is released, a replaced key's grace
+        starts); a ``provisional`` one (in an unreliable 18x) is applied but the offer can still
+        fail (RFC 3261 14.1: a non-2xx final to a re-INVITE leaves the session unchanged)."""
         cached = session.last_answer.get(from_leg)
         if cached is not None and cached[0] == body:
+            pending = session.pending
+            if not provisional and (pending is None or pending.from_leg != from_leg):
+                self._settle(session, now)
             return parse_sdp(cached[1])
         offerer = "b" if from_leg == "a" else "a"
         if session.offer_from != offerer:
@@ -788,24 +887,103 @@ class MediaManager:
         _strip_session(out)
         interface = session.legs[offerer].interface
         out.set_connection_address(self.settings.interfaces[interface].public)
+        pending = session.pending
+        if pending is not None:
+            pending.unanswered.clear()  # a 200 may accept what its 183 refused
         for stream, m_in, m_out in zip(session.streams, sdp.media, out.media, strict=True):
-            if stream.rejected:
+            if stream.rejected or (pending is not None and stream in pending.refused):
                 _reject_media(m_out)
                 continue
             if m_in.port == 0:
                 _reject_media(m_out)
-                self._release(stream)
+                if pending is None:
+                    self._release(stream)
+                else:
+                    pending.unanswered.append(stream)
                 continue
             self._apply_answer(session, stream, from_leg, offerer, m_in, m_out, now)
         result = out.to_bytes()
         session.last_answer[from_leg] = (body, result)
         self._count("media.answer")
+        if not provisional or pending is None:
+            self._settle(session, now)
         return out
+
+    def offer_failed(self, session: MediaSession, from_leg: str) -> bool:
+        """The offer ``from_leg`` made got no accepted answer (a non-2xx final, an answer the
+        policy refused, a CANCEL, a timeout, an ACK without the answer): the session goes back
+        to what it was before it (RFC 3264 8, RFC 3261 14.1), both legs' endpoints of every
+        stream included, and the streams it added are released.  Whether anything was undone:
+        nothing is once a final answer settled the offer, or when the pending one is the other
+        leg's."""
+        pending = session.pending
+        if session.closed or pending is None or pending.from_leg != from_leg:
+            return False
+        self._rollback(session)
+        session.offer_from = None  # a late answer answers nothing now
+        session.last_offer.pop(from_leg, None)
+        session.last_answer.pop("b" if from_leg == "a" else "a", None)
+        self._count("media.offer_failed")
+        return True
 
     def answered(self, session: MediaSession, now: float) -> None:
         """The call is answered (its 2xx): inactivity and duration count from here."""
         if session.answered_at is None:
             session.answered_at = now
+
+    # -- the offer in progress: settle or undo ---------------------------------------------
+
+    @staticmethod
+    def _checkpoint(session: MediaSession, from_leg: str) -> _PendingOffer:
+        """The undo record of an offer about to be applied; every live endpoint is marked."""
+        pending = _PendingOffer(from_leg, list(session.streams))
+        for stream in session.streams:
+            if stream.rejected:
+                continue
+            pending.saved.append((stream, _copy_state(stream.state["a"]),
+                                  _copy_state(stream.state["b"]), stream.inactive))
+            stream.a.mark()
+            stream.b.mark()
+        return pending
+
+    def _settle(self, session: MediaSession, now: float) -> None:
+        """The offer in progress was answered: what it replaced is let go (marks committed,
+        plain re-offer keys closed, refused streams released), and each replaced inbound key
+        keeps decrypting for the grace from ``now`` (packets in flight)."""
+        pending, session.pending = session.pending, None
+        if pending is not None:
+            for stream, _a, _b, _inactive in pending.saved:
+                stream.a.commit()
+                stream.b.commit()
+            for ep in pending.plain:
+                ep.close()
+            for stream in (*pending.refused, *pending.unanswered):
+                self._release(stream)
+        for stream in session.streams:
+            if stream.rejected:
+                continue
+            for leg in LEGS:
+                state = stream.state[leg]
+                if state.grace_pending:
+                    # RFC 4568 7.1.4: a re-keying peer uses its old key until it has the
+                    # answer, so the grace for packets in flight counts from here.
+                    state.grace_pending = False
+                    stream.endpoint(leg).start_grace(now + self.settings.rekey_grace)
+
+    def _rollback(self, session: MediaSession) -> None:
+        """Undo the offer in progress: the streams it added released, every other stream's
+        endpoints, negotiation and a=inactive as they were, the ones it refused kept."""
+        pending, session.pending = session.pending, None
+        if pending is None:
+            return
+        for stream in pending.added:
+            self._release(stream)
+        session.streams[:] = pending.streams
+        for stream, a, b, inactive in pending.saved:
+            stream.state["a"], stream.state["b"] = a, b
+            stream.inactive = inactive
+            stream.a.rollback()
+            stream.b.rollback()
 
     # -- offer details ---------------------------------------------------------------------
 
@@ -907,7 +1085,12 @@ class MediaManager:
         src_ep.signal(rtp, rtcp, m_in.rtcp_mux)
         _set_clock(src_ep, m_in)
         if isinstance(chosen, CryptoAttribute):
-            self._install_their_key(src_ep, src, chosen, now, offered=True)
+            self._install_their_key(src_ep, src, chosen, now, deferred=True)
+        elif src_ep.saved is not None and session.pending is not None:
+            # A plain re-offer: the offerer sends SRTP until it has the answer, and if the
+            # offer fails its keys are in force again; they are closed when it is settled.
+            _set_plain(src)
+            session.pending.plain.append(src_ep)
         else:
             self._plain(src_ep, src)
         # The other leg's offer: the SBC's endpoint there, its own keys, that leg's profile.
@@ -953,7 +1136,8 @@ class MediaManager:
             else:
                 ours, theirs = picked
                 self._install_our_key(ans_ep, ans, ours)
-                self._install_their_key(ans_ep, ans, theirs, now)
+                self._install_their_key(ans_ep, ans, theirs, now,
+                                        deferred=session.pending is not None)
         else:
             self._plain(ans_ep, ans)
         # The answer to the offerer: its own profile, the SBC's key for it.
@@ -968,28 +1152,25 @@ class MediaManager:
             answer_keys = [off.our_key]
         _rewrite(m_out, off_ep, off.proto, answer_keys, mux=off.offered_mux)
         off_ep.set_mux(off.offered_mux)
-        if off.grace_pending:
-            # The offerer re-keyed: it sends with its old key until it has this answer (RFC
-            # 4568 7.1.4), so the grace for packets in flight counts from here.
-            off.grace_pending = False
-            off_ep.start_grace(now + self.settings.rekey_grace)
 
     # -- keys ------------------------------------------------------------------------------
 
     def _install_their_key(self, ep: Endpoint, state: _LegState, crypto: CryptoAttribute,
-                           now: float, *, offered: bool = False) -> None:
+                           now: float, *, deferred: bool) -> None:
         """``crypto`` is what the leg encrypts with: the endpoint's inbound context.  A new key
         keeps the ROC of the SSRCs already seen and keeps the old key for a grace period; the
-        SBC then re-keys its own direction too (fresh key per re-key)."""
+        SBC then re-keys its own direction too (fresh key per re-key).  ``deferred``: an offer
+        is in progress, so the grace starts when it is settled (:meth:`_settle`)."""
         old = state.their_key
         if old is not None and old.suite == crypto.suite and old.key_salt == crypto.key_salt:
             state.srtp = True
             return
-        # An offerer keeps its old key until it has the answer: the grace starts there.
-        until = math.inf if offered else now + self.settings.rekey_grace
+        # An offerer keeps its old key until it has the answer, and an offer that fails
+        # brings the old key back: until then the old key has no end.
+        until = math.inf if deferred else now + self.settings.rekey_grace
         if ep.install_rx(crypto, until):
             self._count("media.rekey")
-            state.grace_pending = offered
+            state.grace_pending = deferred
         rekey = state.their_key is not None
         state.their_key = crypto
         state.srtp = True
@@ -1008,9 +1189,7 @@ class MediaManager:
     @staticmethod
     def _plain(ep: Endpoint, state: _LegState) -> None:
         ep.close()
-        state.srtp = False
-        state.grace_pending = False
-        state.their_key = state.our_key = None
+        _set_plain(state)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -1030,6 +1209,16 @@ def _reject_media(m: MediaDescription) -> None:
 def _strip_session(sdp: SessionDescription) -> None:
     """Session-level ICE and DTLS attributes (RFC 8839 5.4, RFC 8122 5) do not cross either."""
     sdp.remove_attributes_named(_DROPPED)
+
+
+def _set_plain(state: _LegState) -> None:
+    state.srtp = False
+    state.grace_pending = False
+    state.their_key = state.our_key = None
+
+
+def _copy_state(state: _LegState) -> _LegState:
+    return dataclasses.replace(state, offered=list(state.offered))
 
 
 def _placeholder(session: MediaSession, index: int) -> Stream:

@@ -17,9 +17,15 @@ From the main process::
     ("signal", eid, rtp, rtcp, mux)      ("clock", eid, rate)     ("mux", eid, mux)
     ("rx", eid, crypto, until)           ("tx", eid, crypto)      ("grace", eid, until)
     ("plain", eid)                       ("remove", eid)
+    ("mark", eid)                        ("rollback", eid)        ("commit", eid)
 
-``crypto`` is the ``a=crypto`` value the main process negotiated, so an SRTP key crosses between
-the two processes only in its SDP form, and never leaves them.  To the main process, every
+``mark`` remembers the endpoint's negotiated state (signalled and latched addresses, latch
+flags, ``rtcp-mux``, clock rate, SRTP contexts) before an offer changes it; ``rollback`` restores
+it when the offer fails (RFC 3264 8: the session stays as it was), ``commit`` forgets it once an
+answer accepted the offer (:meth:`~sbc.media.relay.Endpoint.mark`).
+
+``crypto`` is the ``a=crypto`` value the main process negotiated, so an SRTP key crosses
+between the two processes only in its SDP form, and never leaves them.  To the main process, every
 :data:`REPORT_INTERVAL` seconds and for the endpoints whose counters moved, and once for each
 removed endpoint::
 
@@ -135,6 +141,12 @@ class Worker:
             ep.start_grace(command[2])
         elif kind == "plain":
             ep.close()
+        elif kind == "mark":
+            ep.mark()
+        elif kind == "rollback":
+            ep.rollback()
+        elif kind == "commit":
+            ep.commit()
         elif kind == "remove":
             self._remove(command[1], ep)
         else:

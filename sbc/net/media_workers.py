@@ -11,8 +11,10 @@ The main process keeps everything that is not per packet: the media manager nego
 keys as before, binds each pair (so a port taken by another program is skipped at once) and
 keeps its own descriptor of it (an idle pair stays bound for reuse, as in the single-process
 relay).  :class:`RemoteEndpoint` stands in for the worker's endpoint: its set-up methods record
-what the manager reads back and send the same call to the worker.  The worker reports each
-endpoint's statistics every :data:`~sbc.net.media_worker.REPORT_INTERVAL` seconds; inactivity,
+what the manager reads back and send the same call to the worker, the checkpoint of an offer in
+progress included (``mark``, then ``rollback`` if it fails or ``commit`` once answered), so the
+worker's endpoint, which holds the latching and the keys, goes back with it.  The worker reports
+each endpoint's statistics every :data:`~sbc.net.media_worker.REPORT_INTERVAL` seconds; inactivity,
 SRTP authentication storms and the call records use those reports.
 
 A worker that dies is logged, counted (``media.worker.died``) and started again; the calls it
@@ -114,6 +116,22 @@ class RemoteEndpoint(Endpoint):
         if self.rx is not None or self.tx is not None:
             self._send("plain", self.eid)
         self.rx = self.rx_prev = self.tx = None
+
+    # The worker's endpoint keeps its own mark (latching happens there): the same three calls.
+
+    def mark(self) -> None:
+        super().mark()
+        self._send("mark", self.eid)
+
+    def rollback(self) -> None:
+        if self.saved is not None:
+            super().rollback()
+            self._send("rollback", self.eid)
+
+    def commit(self) -> None:
+        if self.saved is not None:
+            super().commit()
+            self._send("commit", self.eid)
 
     def stats(self) -> dict[str, Any]:
         """The last report (the same object: the worker's final count updates it in place)."""

@@ -35,6 +35,8 @@ log = Logger(namespace="sbc.media")
 MAX_EVENTS = 512  # ready sockets handled per inner poll
 MAX_POLLS = 8  # inner polls per wake-up before yielding (to signalling, or to control)
 SOCKET_BUFFER = 256 * 1024  # bytes: per relay socket, receive and send
+# srtp.PACKET_VIEW[:m] for m = 0..MAX_PACKET: what drain sends, without a slice per packet.
+PREFIXES = tuple(srtp.PACKET_VIEW[:m] for m in range(srtp.MAX_PACKET + 1))
 
 
 class RelaySockets:
@@ -82,6 +84,8 @@ class RelaySockets:
         waits up to ``timeout`` seconds.  Whether :attr:`control_fd` was ready."""
         view = srtp.PACKET_VIEW
         limit = srtp.MAX_PACKET
+        room = limit + 1  # one byte more than any packet: a larger one shows as truncated
+        prefix = PREFIXES  # view[:m] for every m, made once: no slice object per packet
         handlers = self.handlers
         poll = self.poller.poll
         control = False
@@ -93,14 +97,14 @@ class RelaySockets:
             timeout = 0.0
             now = self.clock()
             for fd, _mask in events:
-                handler = handlers.get(fd)
-                if handler is None:
+                try:
+                    recv, ep, rtcp = handlers[fd]
+                except KeyError:  # not a relay socket (an exception only off the packet path)
                     if fd == self.control_fd:
                         control = True
                     continue
-                recv, ep, rtcp = handler
                 try:
-                    n, addr = recv(view, limit + 1)
+                    n, addr = recv(view, room)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:  # an ICMP error queued on the socket (port unreachable)
@@ -132,7 +136,7 @@ class RelaySockets:
                         else:
                             target = other.remote_rtp
                             sock = other.rtp_sock
-                    sock.sendto(view[:m], target)
+                    sock.sendto(prefix[m], target)
                     forwarded += 1
                 except OSError:
                     errors += 1

@@ -163,6 +163,67 @@ def test_srtp_outside_plain_inside_carries_the_payload_both_ways(media_sbc) -> N
     assert stream["a"]["lost"] == 0
 
 
+def test_a_reinvite_refused_by_the_pbx_leaves_the_media_as_it_was(media_sbc) -> None:
+    """The phone re-INVITEs with a new media address and a new key; the relay sends to the new
+    address at once, but the PBX answers 488: the relay (in the SBC or in a worker) is back on
+    the phone's old address and key, the new key and the new address are refused."""
+    sbc, pbx = media_sbc
+    phone, ok, phone_media, pbx_media, phone_key = _call(sbc, pbx, "reoffer1")
+    phone_media.send(rtp_packet(1, 0x33333333, b"\x01" * 160))
+    assert pbx_media.receive() == rtp_packet(1, 0x33333333, b"\x01" * 160)  # latched
+
+    moved, new_key = new_media(), key()
+    body = sdp_offer("127.0.0.1", moved.port, [(1, SUITE, new_key)])
+    host, port = phone.address
+    target = ("127.0.0.1", sbc.sip_port)
+    head = in_dialog("INVITE", phone, target, ok, 2, "reoffer1re").replace(
+        b"Content-Length: 0\r\n\r\n", b"")
+    phone.send(head + (f"Contact: <sip:phone@{host}:{port}>\r\nContent-Type: application/sdp\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body, target)
+    reinvite = pbx.wait(lambda m: is_request("INVITE")(m) and m.body)
+    # The new address is in force before the PBX answers.  (With workers the offer reaches the
+    # worker as a command that may trail the re-INVITE: a packet sent at once can still go to the
+    # old address, so a few are tried, bounded.)
+    got = None
+    for seq in range(600, 620):
+        pbx_media.send(rtp_packet(seq, 0x44444444, b"\x02" * 160))
+        got = moved.receive(0.25)
+        if got is not None:
+            break
+    assert len(got or b"") == 12 + 160 + 10  # the new address, SRTP
+    phone_media.drain(0.2)  # what went to the old address before the switch
+    answer(pbx, reinvite, 488, to_tag="treoffer1")
+    phone.wait(is_response(488))
+    phone.send(in_dialog("ACK", phone, target, ok, 2, "reoffer1re"), target)
+
+    # Back on the old address (with workers once the worker has the rollback: tried, bounded).
+    back = None
+    for seq in range(621, 641):
+        pbx_media.send(rtp_packet(seq, 0x44444444, b"\x03" * 160))
+        back = phone_media.receive(0.25)
+        if back is not None:
+            break
+    assert back is not None and back[8:] == rtp_packet(seq, 0x44444444, b"\x03" * 160)[8:]
+    moved.drain(0.2)  # what went to the new address before the rollback
+    pbx_media.send(rtp_packet(641, 0x44444444, b"\x03" * 160))
+    assert phone_media.receive() == rtp_packet(641, 0x44444444, b"\x03" * 160)
+    assert moved.drain(0.3) == []
+    moved.remote, moved.tx = phone_media.remote, srtp_session(SUITE, phone_key, True)
+    moved.send(rtp_packet(2, 0x33333333, b"\x04" * 160))  # old key, new address: latched out
+    phone_media.tx = srtp_session(SUITE, new_key, outbound=True)
+    phone_media.send(rtp_packet(3, 0x33333333, b"\x05" * 160))  # new key: refused
+    phone_media.tx = srtp_session(SUITE, phone_key, outbound=True)
+    phone_media.send(rtp_packet(4, 0x33333333, b"\x06" * 160))  # old key: through
+    assert pbx_media.receive() == rtp_packet(4, 0x33333333, b"\x06" * 160)
+    assert pbx_media.drain(0.3) == []
+    phone.send(in_dialog("BYE", phone, target, ok, 3, "byereoffer1"), target)
+    answer(pbx, pbx.wait(is_request("BYE")), 200, to_tag="treoffer1")
+    phone.wait(is_response(200, "BYE"))
+    assert wait_until(lambda: any(r.get("call_id") == "reoffer1" for r in _records(sbc.log)))
+    (record,) = [r for r in _records(sbc.log) if r.get("call_id") == "reoffer1"]
+    (stream,) = record["media"]["streams"]
+    assert stream["a"]["drops"] == {"auth": 1, "source": 1}
+    assert stream["a"]["packets"] == 2 and stream["a"]["remote"] == f"127.0.0.1:{phone_media.port}"
 
 
 @pytest.fixture(params=WORKERS)

@@ -5,14 +5,18 @@ timeouts -- pumped in memory, the relay's ports from a fake allocator."""
 from __future__ import annotations
 
 import base64
+import struct
 from dataclasses import replace
+
+import pytest
 
 from sbc.gateway.b2bua import B2BUA, EXTERNAL, INTERNAL, Origin
 from sbc.ids import CountingIdSource
+from sbc.media import srtp
 from sbc.media.relay import Endpoint, MediaInterface, MediaManager, MediaSettings
 from sbc.media.sdp import parse_sdp
 from sbc.policy.model import SrtpFailed
-from sbc.sip.message import Request, parse_message
+from sbc.sip.message import Request, Response, parse_message
 
 from .pump import PHONE, Pump, respond
 from .test_b2bua import (
@@ -20,6 +24,7 @@ from .test_b2bua import (
     INTERNAL_MARKERS,
     PBX_SDP,
     PHONE_SDP,
+    SERVER,
     SETTINGS,
     T0,
     established,
@@ -255,3 +260,111 @@ def test_an_srtp_failure_storm_reaches_the_rule_engine() -> None:
     (fact,) = [f for f in p.b2bua.policy_events if isinstance(f, SrtpFailed)]
     assert (fact.source_ip, fact.count, fact.call_id) == (
         "198.51.100.66", 25, "phone-call-1@192.0.2.101")
+
+
+# -- a re-INVITE that fails: the media stays where it was (RFC 3261 14.1, RFC 3264 8) -----------
+
+MOVED_SDP = (PHONE_SDP.replace(b"o=alice 111 222", b"o=alice 111 223")
+             .replace(b"c=IN IP4 192.0.2.150", b"c=IN IP4 192.0.2.160")
+             .replace(b"m=audio 40000", b"m=audio 40100"))
+PHONE_NAT = ("192.0.2.101", 41000)  # the phone's RTP source: its SIP address, another port
+
+
+def rtp_in(endpoint: Endpoint, source: tuple[str, int], now: float) -> int:
+    """A plain RTP packet from ``source`` into ``endpoint`` as the edge feeds it: the length to
+    send on to the other leg's ``remote_rtp``, or -1 when dropped."""
+    packet = struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + bytes(160)
+    srtp.PACKET_VIEW[: len(packet)] = packet
+    return endpoint.rtp_in(len(packet), source, now)
+
+
+def _pbx_488(p: Pump, b_re: Request, reinvite: bytes) -> int:
+    p.pbx(respond(b_re, 488, extra=[SERVER]), T0 + 10.1)
+    one_request(p.to_pbx(), "ACK")  # the ACK of a non-2xx, hop by hop
+    return 488
+
+
+def _timeout(p: Pump, b_re: Request, reinvite: bytes) -> int:
+    p.run_until(T0 + 10 + 33)  # Timer B: the PBX never answered
+    return 408
+
+
+def _cancel(p: Pump, b_re: Request, reinvite: bytes) -> int:
+    p.pbx(respond(b_re, 100), T0 + 10.1)
+    cancel = (reinvite.split(b"\r\n\r\n")[0].replace(b"INVITE sip:", b"CANCEL sip:", 1)
+              .replace(b"CSeq: 21 INVITE", b"CSeq: 21 CANCEL")
+              .replace(b"Content-Type: application/sdp\r\n", b"")
+              .replace(f"Content-Length: {len(MOVED_SDP)}".encode(), b"Content-Length: 0")
+              + b"\r\n\r\n")
+    p.phone(cancel, T0 + 10.2)
+    assert one_response(p.to_phone(), 200).cseq.method == "CANCEL"
+    b_cancel = one_request(p.to_pbx(), "CANCEL")
+    p.pbx(respond(b_cancel, 200), T0 + 10.3)
+    p.pbx(respond(b_re, 487), T0 + 10.4)
+    one_request(p.to_pbx(), "ACK")
+    return 487
+
+
+def _answer_refused(p: Pump, b_re: Request, reinvite: bytes) -> int:
+    two_lines = PBX_SDP + b"m=video 0 RTP/AVP 96\r\n"  # one stream was offered
+    p.pbx(respond(b_re, 200, extra=[("Contact", "<sip:10.0.0.5:5060>"), SERVER,
+                                    ("Content-Type", "application/sdp")], body=two_lines),
+          T0 + 10.1)
+    return 502
+
+
+@pytest.mark.parametrize("ending", [_pbx_488, _timeout, _cancel, _answer_refused],
+                         ids=["488", "timeout", "cancel", "answer-refused"])
+def test_a_failed_reinvite_leaves_the_media_where_it_was(ending) -> None:  # type: ignore[no-untyped-def]
+    """The phone re-INVITEs from a new media address; the relay sends there at once, but when
+    the re-INVITE fails (488 from the PBX, no answer, CANCEL, an answer that does not fit) the
+    relay sends to the phone's latched address of before again, and takes its packets."""
+    p, ports = setup(media=replace(MEDIA, inactivity_timeout=0.0))
+    _b_invite, a_200, _ = established(p)
+    call = p.b2bua.calls[(EXTERNAL, "phone-call-1@192.0.2.101", "x1")]
+    assert call.media is not None
+    (stream,) = call.media.streams
+    assert rtp_in(stream.a, PHONE_NAT, T0 + 5) == 172  # latched: the phone's NAT address
+    reinvite = phone_in_dialog("INVITE", a_200, 21, "z9hG4bKmove", body=MOVED_SDP)
+    p.phone(reinvite, T0 + 10)
+    one_response(p.to_phone(), 100)
+    b_re = one_request(p.to_pbx(), "INVITE")
+    assert parse_sdp(b_re.body).media[0].port == 30000
+    assert (stream.a.remote_rtp, stream.a.rtp_latched) == (("192.0.2.160", 40100), False)
+
+    status = ending(p, b_re, reinvite)
+    assert status in [m.status for m in p.to_phone() if isinstance(m, Response)]
+    assert (stream.a.signalled_rtp, stream.a.remote_rtp, stream.a.rtp_latched) == (
+        ("192.0.2.150", 40000), PHONE_NAT, True)
+    assert rtp_in(stream.b, ("10.0.1.50", 14562), T0 + 50) == 172  # on to PHONE_NAT
+    assert rtp_in(stream.a, PHONE_NAT, T0 + 50) == 172
+    assert rtp_in(stream.a, ("192.0.2.160", 40100), T0 + 50) == -1
+    assert stream.a.drop_source == 1
+    assert call.media.offer_from is None and call.media.pending is None
+    assert p.b2bua.media is not None and p.b2bua.media.counters["media.offer_failed"] == 1
+    assert ports.released == [] and ports.next == {EXTERNAL: 20002, INTERNAL: 30002}
+
+
+def test_an_offer_in_a_2xx_the_ack_does_not_answer_is_undone() -> None:
+    """A re-INVITE without SDP: the PBX's 2xx offers a new media address, which the relay uses
+    at once; the phone's ACK carries no answer, so the PBX's offer failed and the relay sends
+    to its address of before again (RFC 3264: the ACK must answer an offer in the 2xx)."""
+    p, _ = setup()
+    _b_invite, a_200, _ = established(p)
+    call = p.b2bua.calls[(EXTERNAL, "phone-call-1@192.0.2.101", "x1")]
+    assert call.media is not None
+    (stream,) = call.media.streams
+    p.phone(phone_in_dialog("INVITE", a_200, 21, "z9hG4bKlate"), T0 + 10)
+    one_response(p.to_phone(), 100)
+    b_re = one_request(p.to_pbx(), "INVITE")
+    assert b_re.body == b""
+    moved = PBX_SDP.replace(b"c=IN IP4 10.0.1.50", b"c=IN IP4 10.0.1.60")
+    p.pbx(respond(b_re, 200, extra=[("Contact", "<sip:10.0.0.5:5060>"), SERVER,
+                                    ("Content-Type", "application/sdp")], body=moved), T0 + 10.1)
+    offer = parse_sdp(one_response(p.to_phone(), 200).body)
+    assert offer.media[0].port == 20000
+    assert stream.b.remote_rtp == ("10.0.1.60", 14562)
+    p.phone(phone_request("ACK", a_200.headers.get("to") or "", 21, "z9hG4bKlateack"), T0 + 10.2)
+    assert one_request(p.to_pbx(), "ACK").body == b""
+    assert (stream.b.signalled_rtp, stream.b.remote_rtp) == (("10.0.1.50", 14562),) * 2
+    assert p.b2bua.media is not None and p.b2bua.media.counters["media.offer_failed"] == 1

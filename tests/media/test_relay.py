@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -1128,6 +1128,277 @@ def test_large_wsh_is_bounded() -> None:
             0.0,
         )
         assert call.a.rx.window_size == window
+
+
+# --------------------------------------------------------------------------------------------
+# Offers that fail: the session stays as it was (RFC 3264 8, RFC 3261 14.1)
+
+
+def moved_offer(*extra: str, key1: bytes = PHONE_KEY1) -> bytes:
+    """The phone's re-offer (o= version 1001) from another address: 10.1.1.9:4100."""
+    return (
+        phone_offer(*extra, key1=key1, version=1001)
+        .replace(b"10.1.1.5", b"10.1.1.9")
+        .replace(b"m=audio 4000", b"m=audio 4100")
+        .replace(b"a=rtcp:4001", b"a=rtcp:4101")
+    )
+
+
+VIDEO = (
+    "m=video 4002 RTP/SAVP 96",
+    "a=rtpmap:96 H264/90000",
+    f"a=crypto:1 {S80} inline:{b64(PHONE_KEY2)}",
+)
+VIDEO_ANSWER = ("m=video 16002 RTP/AVP 96", "a=rtpmap:96 H264/90000")
+OPTIONAL_PHONE = LegPolicy("external", "optional", secure=True, peer_host=PHONE_IP)
+PLAIN_REOFFER = sdp(
+    "v=0",
+    "o=phone 1000 1001 IN IP4 10.1.1.5",
+    "s=call",
+    "c=IN IP4 10.1.1.5",
+    "t=0 0",
+    "m=audio 4000 RTP/AVP 0 8 101",
+    *AUDIO,
+    "a=sendrecv",
+    "a=rtcp:4001 IN IP4 10.1.1.5",
+)
+
+
+def values(obj: object) -> tuple[object, ...]:
+    """A dataclass's field values (a leg's negotiation state compares by identity)."""
+    return tuple(getattr(obj, f.name) for f in fields(obj))  # type: ignore[arg-type]
+
+
+class PoolPorts(FakePorts):
+    """FakePorts whose pairs come from a real PortPool (4 pairs per interface from 20000, no
+    quarantine), as the edge's do: ``pool.free()`` is what is left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = PortPool(20000, 20008, ["external", "internal"], quarantine=0.0)
+
+    def allocate(self, interface: str, endpoint: Endpoint) -> int | None:
+        port = self.pool.take(interface, 0.0)
+        if port is not None:
+            self.allocated.append((interface, port))
+        return port
+
+    def release(self, endpoint: Endpoint) -> None:
+        super().release(endpoint)
+        self.pool.put(endpoint.interface, endpoint.port, 0.0)
+
+
+def test_failed_reoffer_restores_the_address_and_the_latched_peer() -> None:
+    """A re-offer from a new address unlatches at once; when it fails the endpoint is back on
+    the signalled address and the latched NAT address of before, media goes there, the new
+    address is a stranger, and a late answer answers nothing."""
+    call = srtp_call()
+    offer, answer = call.offer, call.answer
+    phone = Source(PHONE_SSRC, Peer(crypto(1, S80, PHONE_KEY1)))
+    assert relay(call.a, phone.packet(), PHONE, 2.0) is not None  # latches the NAT address
+    call.offer_from("a", moved_offer(), 10.0)
+    a = call.a
+    moved = ("10.1.1.9", 4100)
+    assert (a.signalled_rtp, a.remote_rtp, a.rtp_latched) == (moved, moved, False)
+    assert call.manager.offer_failed(call.session, "a") is True
+    assert (a.signalled_rtp, a.signalled_rtcp, a.remote_rtp, a.remote_rtcp) == (
+        ("10.1.1.5", 4000),
+        ("10.1.1.5", 4001),
+        PHONE,
+        PHONE_RTCP,
+    )
+    assert (a.rtp_latched, a.rtcp_latched, a.mux, a.clock_rate) == (True, False, False, 8000)
+    assert (call.session.offer_from, call.session.pending) == (None, None)
+    assert call.manager.counters["media.offer_failed"] == 1
+    assert call.manager.offer_failed(call.session, "a") is False  # nothing left to undo
+    with pytest.raises(SdpError):
+        call.answer_from("b", pbx_answer(), 11.0)
+    pbx = Source(PBX_SSRC)
+    assert relay(call.b, pbx.packet(), PBX, 12.0) is not None and a.remote_rtp == PHONE
+    assert relay(call.a, phone.packet(), ("10.1.1.9", 4100), 12.0) is None
+    assert relay(call.a, phone.packet(), PHONE, 12.0) == ("rtp", rtp(1002, 320, PHONE_SSRC))
+    assert (a.drop_source, a.drop_auth) == (1, 0)
+    # The session is consistent: the same re-offer as before, answered, gives the same SDP.
+    assert call.offer_from("a", phone_offer(version=1001), 20.0) == offer.replace(
+        b"1000 1000", b"1000 1001"
+    )
+    assert call.answer_from("b", pbx_answer(), 20.5) == answer
+    assert len(call.ports.allocated) == 2 and call.ports.released == []
+
+
+def test_failed_rekey_brings_the_old_key_back() -> None:
+    """When the phone's re-key fails, its old key decrypts again with no end, the new key is
+    refused and counted, and the SBC's key towards the phone is the one of before."""
+    call = srtp_call(rekey_grace=5.0)
+    old_phone = Source(PHONE_SSRC, Peer(crypto(1, S80, PHONE_KEY1)))
+    assert relay(call.a, old_phone.packet(), PHONE, 2.0) is not None
+    rx, tx = call.a.rx, call.a.tx
+    call.offer_from("a", phone_offer(key1=PHONE_KEY3, version=1001), 10.0)
+    assert call.a.rx is not rx and call.a.rx_prev is rx
+    assert call.manager.offer_failed(call.session, "a") is True
+    assert call.a.rx is rx and call.a.rx_prev is None and call.a.tx is tx
+    new_phone = Source(PHONE_SSRC, Peer(crypto(1, S80, PHONE_KEY3)), seq=1100)
+    assert relay(call.a, new_phone.packet(), PHONE, 11.0) is None
+    assert relay(call.a, old_phone.packet(), PHONE, 100.0) == ("rtp", rtp(1001, 160, PHONE_SSRC))
+    assert (call.a.drop_auth, call.a.drop_replay, call.a.auth_sources) == (1, 0, {PHONE_IP: 1})
+    assert call.session.streams[0].state["a"].their_key == crypto(1, S80, PHONE_KEY1)
+    out = relay(call.b, Source(PBX_SSRC).packet(b"b" * 160), PBX, 100.0)
+    assert out is not None
+    assert Peer(call.sbc_crypto()).unprotect(out[1]) == rtp(1000, 0, PBX_SSRC, b"b" * 160)
+
+
+def test_refused_plain_reoffer_keeps_srtp() -> None:
+    """A plain re-offer leaves SRTP running until the answer; when it fails the contexts are
+    the same ones, never closed, both ways; answered, plain RTP from the answer on."""
+    call = new_call(OPTIONAL_PHONE)
+    call.offer_from("a", phone_offer(), 0.0)
+    call.answer_from("b", pbx_answer(), 1.0)
+    sbc = Peer(call.sbc_crypto())
+    phone = Source(PHONE_SSRC, Peer(crypto(1, S80, PHONE_KEY1)))
+    pbx = Source(PBX_SSRC)
+    assert relay(call.a, phone.packet(), PHONE, 2.0) is not None
+    rx, tx = call.a.rx, call.a.tx
+    call.offer_from("a", PLAIN_REOFFER, 10.0)
+    assert call.a.rx is rx and call.a.tx is tx  # the phone sends SRTP until it has the answer
+    assert relay(call.a, phone.packet(), PHONE, 10.5) == ("rtp", rtp(1001, 160, PHONE_SSRC))
+    assert call.manager.offer_failed(call.session, "a") is True
+    assert call.a.rx is rx and call.a.tx is tx
+    assert call.session.streams[0].state["a"].srtp is True
+    assert relay(call.a, phone.packet(), PHONE, 11.0) == ("rtp", rtp(1002, 320, PHONE_SSRC))
+    out = relay(call.b, pbx.packet(), PBX, 11.0)
+    assert out is not None and sbc.unprotect(out[1]) == rtp(1000, 0, PBX_SSRC)
+    # The same offer accepted this time: plain RTP both ways once answered.
+    call.offer_from("a", PLAIN_REOFFER, 20.0)
+    answer = parse_sdp(call.answer_from("b", pbx_answer(), 20.5)).media[0]
+    assert (answer.proto, answer.crypto) == ("RTP/AVP", [])
+    assert (call.a.rx, call.a.rx_prev, call.a.tx) == (None, None, None)
+    assert relay(call.b, pbx.packet(b"p" * 160), PBX, 21.0) == (
+        "rtp",
+        rtp(1001, 160, PBX_SSRC, b"p" * 160),
+    )
+
+
+def test_stream_refused_by_a_failed_reoffer_keeps_its_ports() -> None:
+    """A re-offer that drops the video (port 0) releases nothing before the answer: when it
+    fails, the video stream keeps its ports and relays on; answered, its ports go back."""
+    call = srtp_call(*VIDEO, answer_extra=VIDEO_ANSWER)
+    video = call.session.streams[1]
+    no_video = phone_offer("m=video 0 RTP/SAVP 96", "a=rtpmap:96 H264/90000", version=1001)
+    assert [m.port for m in parse_sdp(call.offer_from("a", no_video, 10.0)).media] == [30000, 0]
+    assert call.ports.released == [] and not video.rejected
+    assert call.manager.offer_failed(call.session, "a") is True
+    assert call.session.streams == [call.session.streams[0], video]
+    assert (video.rejected, video.a.port, video.b.port) == (False, 20002, 30002)
+    camera = Source(0x0BADCAFE, Peer(crypto(1, S80, PHONE_KEY2)))
+    assert relay(video.a, camera.packet(b"v" * 160), (PHONE_IP, 50002), 11.0) == (
+        "rtp",
+        rtp(1000, 0, 0x0BADCAFE, b"v" * 160),
+    )
+    assert video.b.sent == 1
+    call.offer_from("a", no_video, 20.0)
+    call.answer_from("b", pbx_answer("m=video 0 RTP/AVP 96"), 20.5)
+    assert sorted(call.ports.released) == [("external", 20002), ("internal", 30002)]
+    assert video.rejected and video.a.rx is None
+
+
+def test_streams_added_by_a_failed_reoffer_go_back_to_the_pool() -> None:
+    """A re-offer that adds video takes a pair on each leg; when it fails both pairs are back
+    in the pool and the session has its one stream again."""
+    ports = PoolPorts()
+    call = new_call(ports=ports)
+    call.offer_from("a", phone_offer(), 0.0)
+    call.answer_from("b", pbx_answer(), 1.0)
+    assert (ports.pool.free("external"), ports.pool.free("internal")) == (3, 3)
+    out = parse_sdp(call.offer_from("a", phone_offer(*VIDEO, version=1001), 10.0))
+    assert [m.port for m in out.media] == [20000, 20002]
+    assert (ports.pool.free("external"), ports.pool.free("internal")) == (2, 2)
+    assert call.manager.offer_failed(call.session, "a") is True
+    assert (ports.pool.free("external"), ports.pool.free("internal")) == (3, 3)
+    assert sorted(ports.released) == [("external", 20002), ("internal", 20002)]
+    assert len(call.session.streams) == 1
+
+
+def test_ports_running_out_in_a_reoffer_change_nothing() -> None:
+    """A re-offer that moves and re-keys the audio and adds video, refused with 503 when the
+    video's second pair is not there, leaves everything as it was: the audio's address, latch
+    and keys, the offer in progress and the cached offer; the one pair it took goes back."""
+    call = srtp_call(ports=FakePorts(limit=3))
+    phone = Source(PHONE_SSRC, Peer(crypto(1, S80, PHONE_KEY1)))
+    assert relay(call.a, phone.packet(), PHONE, 2.0) is not None
+    a, state = call.a, values(call.session.streams[0].state["a"])
+    before = (a.signalled_rtp, a.remote_rtp, a.rtp_latched, a.rx, a.rx_prev, a.rx_prev_until, a.tx)
+    last_offer = dict(call.session.last_offer)
+    with pytest.raises(MediaRefused) as info:
+        call.offer_from("a", moved_offer(*VIDEO, key1=PHONE_KEY3), 10.0)
+    assert info.value.status == 503
+    assert (a.signalled_rtp, a.remote_rtp, a.rtp_latched, a.rx, a.rx_prev, a.rx_prev_until,
+            a.tx) == before
+    assert a.saved is None and call.b.saved is None
+    assert values(call.session.streams[0].state["a"]) == state
+    assert call.session.streams[0].state["a"].their_key == crypto(1, S80, PHONE_KEY1)
+    assert (call.session.offer_from, call.session.pending, call.session.last_offer) == (
+        "a",
+        None,
+        last_offer,
+    )
+    assert len(call.session.streams) == 1 and call.ports.released == [("external", 20002)]
+    assert relay(call.a, phone.packet(), PHONE, 11.0) == ("rtp", rtp(1001, 160, PHONE_SSRC))
+
+
+PBX_KEY2 = bytes(range(150, 180))  # the PBX's video key
+PBX_KEY3 = bytes(range(180, 210))  # its audio key in the refused answer
+
+
+def test_refused_answer_is_undone_on_the_answering_leg_too() -> None:
+    """The PBX answers a re-offer from a new address with a new audio key, and a video line
+    without a=crypto where SRTP is required: the answer is refused (MediaRefused) after the
+    audio was applied; the failed offer puts the PBX's endpoint back too (address, key)."""
+    call = new_call(b=TLS_PBX)
+    call.offer_from("a", phone_offer(*VIDEO), 0.0)
+    video_answer = ("m=video 16002 RTP/SAVP 96", "a=rtpmap:96 H264/90000")
+    call.answer_from(
+        "b",
+        pbx_answer(f"a=crypto:2 {S32} inline:{b64(PBX_KEY)}", *video_answer,
+                   f"a=crypto:1 {S80} inline:{b64(PBX_KEY2)}", proto="RTP/SAVP"),
+        1.0,
+    )
+    b, to_phone = call.b, Peer(call.sbc_crypto())
+    rx, tx = b.rx, b.tx
+    call.offer_from("a", phone_offer(*VIDEO, version=1001), 10.0)
+    refused = pbx_answer(
+        f"a=crypto:2 {S32} inline:{b64(PBX_KEY3)}", *video_answer, proto="RTP/SAVP"
+    ).replace(b"192.168.1.20", b"192.168.1.21")
+    with pytest.raises(MediaRefused):
+        call.answer_from("b", refused, 10.5)
+    assert b.remote_rtp == ("192.168.1.21", 16000) and b.rx is not rx  # the audio was applied
+    assert call.manager.offer_failed(call.session, "a") is True
+    assert (b.signalled_rtp, b.remote_rtp, b.rx, b.rx_prev, b.tx) == (PBX, PBX, rx, None, tx)
+    new_pbx = Source(PBX_SSRC, Peer(crypto(2, S32, PBX_KEY3)))
+    assert relay(call.b, new_pbx.packet(), PBX, 11.0) is None
+    pbx = Source(PBX_SSRC, Peer(crypto(2, S32, PBX_KEY)), seq=2000)
+    out = relay(call.b, pbx.packet(b"x" * 160), PBX, 11.0)
+    assert out is not None and to_phone.unprotect(out[1]) == rtp(2000, 0, PBX_SSRC, b"x" * 160)
+    assert b.drop_auth == 1
+
+
+def test_an_offer_answered_in_a_183_can_still_fail() -> None:
+    """An answer in a provisional response does not settle the re-offer: after it, a non-2xx
+    final still puts both legs back (RFC 3261 14.1); a final answer with the same body
+    settles it (the next failure undoes nothing)."""
+    call = srtp_call()
+    call.offer_from("a", moved_offer(), 10.0)
+    moved_pbx = pbx_answer().replace(b"192.168.1.20", b"192.168.1.21")
+    call.manager.answer(call.session, "b", parse_sdp(moved_pbx), moved_pbx, 10.2,
+                        provisional=True)
+    assert (call.a.remote_rtp, call.b.remote_rtp) == (("10.1.1.9", 4100), ("192.168.1.21", 16000))
+    assert call.manager.offer_failed(call.session, "a") is True
+    assert (call.a.remote_rtp, call.b.remote_rtp) == (("10.1.1.5", 4000), PBX)
+    call.offer_from("a", moved_offer(), 20.0)
+    call.manager.answer(call.session, "b", parse_sdp(moved_pbx), moved_pbx, 20.2,
+                        provisional=True)
+    call.answer_from("b", moved_pbx, 20.5)  # the 200: the same answer, settled
+    assert call.manager.offer_failed(call.session, "a") is False
+    assert (call.a.remote_rtp, call.b.remote_rtp) == (("10.1.1.9", 4100), ("192.168.1.21", 16000))
 
 
 # --------------------------------------------------------------------------------------------
