@@ -391,6 +391,7 @@ class Call:
     cancel_pending: bool = False
     cancel_deadline: float | None = None
     a_final_sent: bool = False
+    a_status: int | None = None  # the final status the caller got
     to_user: bool = False  # the B-leg goes to a registered user's flow (480 when it fails)
     ring_deadline: float | None = None  # Timer C: when the B-leg INVITE is given up
     # The A-leg 2xx retransmitted by the SBC itself (RFC 3261 13.3.1.4) when the A-leg is
@@ -410,6 +411,7 @@ class Call:
     recorded: bool = False
     account: str | None = None  # the caller's user (From), for the rule engine
     destination: str | None = None  # the number called (Request-URI user)
+    trunk: str | None = None  # the trunk it came in from, or the trunk route it went out on
 
     @property
     def a_key(self) -> tuple[str, str, str]:
@@ -815,12 +817,12 @@ class B2BUA:
         ruri = SipUri("sip", host, user=number, port=peer.port)
         self._count(f"routed.{route.name}")
         self._invite(invite, origin, now, peer, ruri, local_uri, remote_uri,
-                     trunk_srtp=route.srtp)
+                     trunk_srtp=route.srtp, trunk=route.name)
 
     def _invite(
         self, invite: Request, origin: Origin, now: float, peer: Origin, ruri: SipUri,
         local_uri: str, remote_uri: str, *, to_user: bool = False,
-        trunk_srtp: str | None = None,
+        trunk_srtp: str | None = None, trunk: str | None = None,
     ) -> None:
         if not isinstance(invite.uri, SipUri | TelUri):
             raise SipParseError("unroutable Request-URI", 416)
@@ -858,7 +860,8 @@ class B2BUA:
         b_invite.headers.set("Max-Forwards", str(max_forwards - 1))
         call = Call(invite, origin, a_txn, a_tag, b_invite, peer, to_user=to_user,
                     media=media, offer_in_invite=offer is not None, created_at=now,
-                    account=_user(invite.from_.uri), destination=_user(invite.uri))
+                    account=_user(invite.from_.uri), destination=_user(invite.uri),
+                    trunk=trunk or self._trunk_of(origin))
         if media is not None:
             media.key = call
         b_invite.body = self._cross_sdp(call, invite, peer.interface, offer, now=now)
@@ -1463,6 +1466,7 @@ class B2BUA:
         )
         if status >= 200:
             call.a_final_sent = True
+            call.a_status = status
         call.a_txn.send_response(a_response, now)
         self._pump(call.a_txn, now)
         return a_response
@@ -1470,6 +1474,7 @@ class B2BUA:
     def _fail_a_leg(self, call: Call, status: int, now: float) -> None:
         if not call.a_final_sent:
             call.a_final_sent = True
+            call.a_status = status
             response = build_response(call.a_invite, status, to_tag=call.a_tag)
             call.a_txn.send_response(response, now)
             self._pump(call.a_txn, now)
@@ -1496,6 +1501,12 @@ class B2BUA:
         call.reinvite = None
 
     # -- media -----------------------------------------------------------------------------
+
+    def _trunk_of(self, origin: Origin) -> str | None:
+        """The configured trunk an outside ``origin`` is, by source network."""
+        if origin.interface != EXTERNAL:
+            return None
+        return next((t.name for t in self.settings.trunks if t.matches(origin)), None)
 
     def _leg_policy(self, peer: Origin, trunk_srtp: str | None = None) -> LegPolicy:
         """How ``peer``'s leg may carry media: the PBX's policy inside; outside, the trunk's
@@ -1565,7 +1576,8 @@ class B2BUA:
             source_ip=a.host, interface=a.interface,
             transport=a.transport.lower(), call_id=call.a_invite.call_id,
             duration=max(0.0, self._now - answered) if answered is not None else 0.0,
-            account=call.account, destination=call.destination,
+            status=call.a_status, account=call.account, destination=call.destination,
+            trunk=call.trunk,
         ))
         self.records.append({
             "type": "call",
@@ -1574,6 +1586,8 @@ class B2BUA:
             "b": f"{b.transport}:{b.host}:{b.port}",
             "from": _user(call.a_invite.from_.uri),
             "to": _user(call.a_invite.uri),
+            "trunk": call.trunk,
+            "status": call.a_status,
             "created": call.created_at,
             "answered": call.answered_at,
             "end_reason": call.end_reason,
@@ -1609,13 +1623,14 @@ class B2BUA:
             out.append(CallTick(source_ip=a.host, interface=a.interface,
                                 transport=a.transport.lower(), call_id=call.a_invite.call_id,
                                 duration=now - call.answered_at, interval=interval,
-                                account=call.account, destination=call.destination))
+                                account=call.account, destination=call.destination,
+                                trunk=call.trunk))
         return out
 
     def end_calls(self, key: str, value: str, now: float) -> int:
-        """End the live calls whose ``key`` (``account``, ``call``, ``source_ip``) is ``value``,
-        for the rule engine: BYE on both legs of a confirmed call, CANCEL and 403 for one still
-        ringing.  Returns how many."""
+        """End the live calls whose ``key`` (``account``, ``call``, ``trunk``, ``source_ip``) is
+        ``value``, for the rule engine: BYE on both legs of a confirmed call, CANCEL and 403 for
+        one still ringing.  Returns how many."""
         self._now = now
         ended = 0
         for call in list(self._live.values()):
@@ -1623,6 +1638,8 @@ class B2BUA:
                 hit = call.account == value
             elif key == "call":
                 hit = call.a_invite.call_id == value
+            elif key == "trunk":
+                hit = call.trunk == value
             elif key == "source_ip":
                 hit = call.a_peer.host == value
             else:

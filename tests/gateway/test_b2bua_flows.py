@@ -602,6 +602,47 @@ def test_pbx_call_to_a_number_goes_to_the_trunk_of_the_longest_prefix() -> None:
     one_response(unrouted.to_pbx(), 404)
 
 
+def test_calls_carry_their_trunk_and_end_by_trunk() -> None:
+    """A call in from a trunk's network and a PBX call routed out to a trunk each carry that
+    trunk's name in their ticks, their end and their record; ``end_calls`` by trunk hangs up
+    the calls of that trunk only."""
+    from sbc.gateway.b2bua import TrunkRoute
+    from sbc.policy.model import CallEnded
+
+    london = Origin(EXTERNAL, "udp", "198.51.100.30", 5070)
+    carrier = Trunk("carrier", (ipaddress.ip_network("192.0.2.0/24"),))
+    p = setup(replace(STRICT, trunks=(carrier,), routes=(TrunkRoute("+4420", london, "london"),)))
+    established(p)  # from PHONE, inside the carrier's network
+    p.pbx(pbx_invite("+442071234567"), T0 + 3)
+    one_response(p.to_pbx(), 100)
+    out = one_request(p.to_phone(), "INVITE")
+    p.b2bua.receive(respond(out, 200, tag="lon1", body=PBX_SDP, extra=[
+        ("Contact", "<sip:gw@198.51.100.30:5070>"), ("Content-Type", "application/sdp")]),
+        london, T0 + 3.1)
+    p._collect()
+    one_response(p.to_pbx(), 200)
+
+    ticks = p.b2bua.call_ticks(T0 + 60, 60.0)
+    assert sorted((t.call_id, t.trunk) for t in ticks) == [
+        ("pbx-call-1@10.0.0.5", "london"), ("phone-call-1@192.0.2.101", "carrier")]
+    assert p.b2bua.end_calls("trunk", "nobody", T0 + 61) == 0
+    assert p.to_phone() == [] and p.to_pbx() == []
+    assert p.b2bua.end_calls("trunk", "carrier", T0 + 61) == 1
+    p._collect()
+    bye_out = one_request(p.to_phone(), "BYE")
+    assert str(bye_out.uri) == "sip:1001@192.0.2.101:5060"
+    bye_in = one_request(p.to_pbx(), "BYE")
+    p.phone(respond(bye_out, 200), T0 + 61.1)
+    p.pbx(respond(bye_in, 200), T0 + 61.1)
+    ended = [e for e in p.b2bua.policy_events if isinstance(e, CallEnded)]
+    assert [(e.call_id, e.trunk, e.status) for e in ended] == [
+        ("phone-call-1@192.0.2.101", "carrier", 200)]
+    (record,) = p.b2bua.records
+    assert (record["call_id"], record["trunk"], record["status"], record["end_reason"]) == (
+        "phone-call-1@192.0.2.101", "carrier", 200, "ended by policy")
+    assert [t.trunk for t in p.b2bua.call_ticks(T0 + 62, 60.0)] == ["london"]
+
+
 def test_a_closed_flow_fails_what_waits_on_it() -> None:
     """The phone's TCP connection closes while it rings: the PBX gets 480 at once, not after
     Timer B; a trunk that cannot be reached gives 503."""
