@@ -27,6 +27,10 @@ class IdSource:
     def call_id(self) -> str:
         return self.token(16)
 
+    def below(self, n: int) -> int:
+        """A random integer in ``[0, n)`` (a Retry-After to spread retries, RFC 3311 5.2)."""
+        return secrets.randbelow(n)
+
 
 class CountingIdSource(IdSource):
     """Deterministic ids for tests: ``<prefix><n>`` with ``n`` counting up from 1."""
@@ -38,3 +42,7 @@ class CountingIdSource(IdSource):
     def token(self, nbytes: int = 8) -> str:
         self.n += 1
         return f"{self.prefix}{self.n}"
+
+    def below(self, n: int) -> int:
+        self.n += 1
+        return self.n % n

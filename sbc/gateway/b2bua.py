@@ -102,8 +102,11 @@ Calls
   other leg as a request of that leg's dialog (its own CSeq, Contact, route set), and its
   responses come back the same way; a re-INVITE's 2xx is ACKed end to end when the
   sender's ACK arrives, like the initial one.  A re-INVITE while another is pending, or before
-  the call is confirmed, gets 491 (RFC 3261 14.2); CSeq out of order gets 500 and a request
-  outside a known dialog 481 (RFC 3261 12.2.2).
+  the call is confirmed, gets 491 (RFC 3261 14.2).  With the media relay, an offer (re-INVITE
+  or UPDATE with SDP) while an offer is unanswered gets 491 when the other side made that
+  offer (glare) and 500 with a Retry-After of 0-10 s when the sender did (RFC 3311 5.2); it is
+  not relayed.  CSeq out of order gets 500 and a request outside a known dialog 481 (RFC 3261
+  12.2.2).
 * 408 on the A-leg when the B-leg INVITE times out (Timer B); 503 when the transport towards the
   PBX or a trunk fails, 480 when the flow towards a registered user does (RFC 3261 8.1.3.1, RFC
   5626 5.3).  A connection that closes fails the requests still waiting on it at once
@@ -980,6 +983,18 @@ class B2BUA:
         offer = bool(request.body) and request.method in ("INVITE", "UPDATE") and (
             request.content_type == "application/sdp"
         )
+        unsettled = call.media.unsettled_from if call.media is not None else None
+        if offer and unsettled is not None:
+            # RFC 3311 5.2 (and RFC 6337 3.1 for a re-INVITE): an offer while one is unanswered.
+            # The sender's own earlier offer is still unanswered: 500 with a Retry-After of 0-10
+            # seconds; the other side's offer to it is (glare, both sides offered): 491.
+            self._count("refused.offer_pending")
+            if unsettled == ("a" if from_a else "b"):
+                self._reject(request, origin, now, 500,
+                             [("Retry-After", str(self.ids.below(11)))])
+            else:
+                self._reject(request, origin, now, 491)
+            return
         try:
             body, headers = self._crossing_body(
                 call, request, target.interface, now=now,

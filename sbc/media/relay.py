@@ -674,6 +674,11 @@ class MediaSession:
     timed_out: bool = False
     closed: bool = False
 
+    @property
+    def unsettled_from(self) -> str | None:
+        """The leg (``"a"`` or ``"b"``) whose offer no final answer has settled yet, if any."""
+        return self.pending.from_leg if self.pending is not None else None
+
     def endpoints(self) -> Iterator[Endpoint]:
         for stream in self.streams:
             yield stream.a
@@ -827,8 +832,9 @@ class MediaManager:
         ):
             raise self._refusal(session, from_leg, sdp)
         if session.pending is not None:
-            # An offer crossing one still unanswered (glare the endpoints answer 491, RFC 3311
-            # 5.2): the earlier one is kept from here on, the new one can be undone.
+            # An offer crossing one still unanswered: the B2BUA answers such an offer 491 or 500
+            # itself (RFC 3311 5.2); should one reach here, the earlier one is kept from here
+            # on, and the new one can be undone.
             self._settle(session, now)
         out = sdp.copy()
         _strip_session(out)

@@ -368,3 +368,58 @@ def test_an_offer_in_a_2xx_the_ack_does_not_answer_is_undone() -> None:
     assert one_request(p.to_pbx(), "ACK").body == b""
     assert (stream.b.signalled_rtp, stream.b.remote_rtp) == (("10.0.1.50", 14562),) * 2
     assert p.b2bua.media is not None and p.b2bua.media.counters["media.offer_failed"] == 1
+
+
+def pbx_update(b_invite: Request, cseq: int, branch: str, body: bytes) -> bytes:
+    """An UPDATE from the PBX inside the call, carrying ``body`` as an offer."""
+    return (
+        "UPDATE sip:10.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.0.0.5:5060;branch={branch}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: {b_invite.headers.get('to')};tag=as-pbx-tag-77\r\n"
+        f"To: {b_invite.headers.get('from')}\r\n"
+        f"Call-ID: {b_invite.call_id}\r\n"
+        f"CSeq: {cseq} UPDATE\r\n"
+        "Contact: <sip:10.0.0.5:5060>\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def test_an_offer_while_one_is_unanswered_is_refused_and_changes_nothing() -> None:
+    """RFC 3311 5.2: while the phone's re-INVITE offer awaits the PBX's answer, a second offer
+    from the phone (an UPDATE) gets 500 with a Retry-After of 0-10 s, and an offer from the PBX
+    (glare) gets 491; neither is relayed nor touches the media.  Once the answer settles the
+    re-INVITE, the next offer is relayed."""
+    p, ports = setup()
+    b_invite, a_200, _ = established(p)
+    call = p.b2bua.calls[(EXTERNAL, "phone-call-1@192.0.2.101", "x1")]
+    assert call.media is not None
+    (stream,) = call.media.streams
+    p.phone(phone_in_dialog("INVITE", a_200, 21, "z9hG4bKmove", body=MOVED_SDP), T0 + 10)
+    one_response(p.to_phone(), 100)
+    b_re = one_request(p.to_pbx(), "INVITE")
+    assert call.media.unsettled_from == "a"
+
+    p.phone(phone_in_dialog("UPDATE", a_200, 22, "z9hG4bKupd1", body=HOLD_SDP), T0 + 10.1)
+    busy = one_response(p.to_phone(), 500)
+    assert busy.cseq.method == "UPDATE" and 0 <= int(busy.headers.get("retry-after") or "") <= 10
+    moved_pbx = PBX_SDP.replace(b"c=IN IP4 10.0.1.50", b"c=IN IP4 10.0.1.60")
+    p.pbx(pbx_update(b_invite, 103, "z9hG4bKpbxupd1", moved_pbx), T0 + 10.2)
+    glare = one_response(p.to_pbx(), 491)
+    assert glare.cseq.method == "UPDATE"
+    assert p.to_pbx() == [] and p.to_phone() == []  # neither offer crossed
+    assert stream.a.remote_rtp == ("192.0.2.160", 40100)  # the pending offer's, untouched
+    assert stream.b.remote_rtp == ("10.0.1.50", 14562)
+    assert p.b2bua.counters["refused.offer_pending"] == 2
+
+    pbx_says(p, b_re, 200, T0 + 10.3, PBX_SDP)
+    one_response(p.to_phone(), 200)
+    assert call.media.unsettled_from is None
+    p.phone(phone_request("ACK", a_200.headers.get("to") or "", 21, "z9hG4bKmoveack"), T0 + 10.4)
+    one_request(p.to_pbx(), "ACK")
+    p.pbx(pbx_update(b_invite, 104, "z9hG4bKpbxupd2", moved_pbx), T0 + 11)
+    update = one_request(p.to_phone(), "UPDATE")
+    assert parse_sdp(update.body).media[0].port == 20000  # the relay's, as before
+    assert stream.b.remote_rtp == ("10.0.1.60", 14562) and call.media.unsettled_from == "b"
+    assert ports.next == {EXTERNAL: 20002, INTERNAL: 30002}
