@@ -88,7 +88,9 @@ Calls
   retransmits the A-leg 2xx itself (T1, doubling up to T2) until the ACK.  If the caller never
   ACKs (Timer L), the B-leg is ACKed and both legs get a BYE (RFC 3261 13.3.1.4); a BYE from
   the caller before its ACK ACKs the B-leg first.  A 2xx whose SDP does not parse is refused
-  with 502 on the A-leg, ACKed and hung up on the B-leg.
+  with 502 on the A-leg, ACKed and hung up on the B-leg.  The 2xx of a relayed re-INVITE to
+  an unreliable sender is retransmitted by the SBC itself (T1 doubling to T2) until its ACK
+  or Timer L; the other side's retransmissions of it are not relayed.
 * CANCEL of a pending INVITE: 200 to the CANCEL, a CANCEL on the B-leg built from the B-leg
   INVITE (RFC 3261 9.1; held until the B-leg has a provisional response), and the B-leg's final
   (normally 487) relayed.  If the B-leg sends no final within 64*T1 of the CANCEL, the A-leg
@@ -455,6 +457,11 @@ class _Relay:
     ack: Request | None = None  # a re-INVITE's 2xx: the ACK sent on the other leg
     offer: bool = False  # the request carried an SDP offer (its responses answer)
     answer_due: bool = False  # its 2xx carried the offer: the ACK must answer (RFC 3264)
+    # A re-INVITE's 2xx to an unreliable sender, sent again until its ACK (RFC 3261 13.3.1.4):
+    # the response, when next, and the interval (T1 doubling up to T2).
+    ok: Response | None = None
+    ok_at: float | None = None
+    ok_every: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,6 +512,7 @@ class B2BUA:
         self._live: dict[int, Call] = {}
         self._cancelling: dict[int, Call] = {}
         self._retransmitting: dict[int, Call] = {}
+        self._relay_2xx: dict[int, _Relay] = {}  # re-INVITE 2xx sent again until the ACK
         # Timer C of every call still ringing: a heap with lazy deletion (an entry is live while
         # the call's ring_deadline still equals it), so many ringing calls cost O(log n).
         self._ring_heap: list[tuple[float, int, Call]] = []
@@ -529,6 +537,7 @@ class B2BUA:
         deadlines = [layer.get_timer() for layer in self.layers.values()]
         deadlines.extend(call.cancel_deadline for call in self._cancelling.values())
         deadlines.extend(call.a_2xx_at for call in self._retransmitting.values())
+        deadlines.extend(relay.ok_at for relay in self._relay_2xx.values())
         heap = self._ring_heap
         while heap and heap[0][2].ring_deadline != heap[0][0]:
             heapq.heappop(heap)
@@ -599,6 +608,9 @@ class B2BUA:
         for call in list(self._retransmitting.values()):
             if call.a_2xx_at is not None and call.a_2xx_at <= now:
                 self._retransmit_2xx(call, now)
+        for relay in list(self._relay_2xx.values()):
+            if relay.ok_at is not None and relay.ok_at <= now:
+                self._retransmit_relay_2xx(relay, now)
         heap = self._ring_heap
         while heap and heap[0][0] <= now:
             when, _, call = heapq.heappop(heap)
@@ -1060,6 +1072,7 @@ class B2BUA:
     def _relay_ack(self, relay: _Relay, ack: Request, now: float) -> None:
         call = relay.call
         assert call is not None
+        self._stop_relay_2xx(relay)
         if relay.ack is None:
             other = call.b_dialog if relay.from_a else call.a_dialog
             assert other is not None
@@ -1343,11 +1356,39 @@ class B2BUA:
                 self._offer_ended(relay.call, "a" if relay.from_a else "b")
         relay.server.send_response(response, now)
         self._pump(relay.server, now)
+        if (200 <= response.status < 300 and relay.request.method == "INVITE"
+                and relay.call is not None and not relay.source.reliable
+                and relay.ack is None and not relay.server.terminated):
+            # RFC 3261 13.3.1.4: the UAS core retransmits its 2xx until the ACK; the other
+            # side's retransmissions are not relayed (and a reliable one sends none).
+            relay.ok = response
+            relay.ok_every = self.settings.timers.t1
+            relay.ok_at = now + relay.ok_every
+            self._relay_2xx[id(relay)] = relay
+
+    def _retransmit_relay_2xx(self, relay: _Relay, now: float) -> None:
+        """Send a re-INVITE's 2xx to its sender again: T1, 2*T1, ... at most T2 apart, until
+        its ACK, the end of its server transaction (64*T1, Timer L) or of the call."""
+        call = relay.call
+        if (relay.ok is None or relay.ack is not None or relay.server.terminated
+                or call is None or call.state is CallState.ENDED):
+            self._stop_relay_2xx(relay)
+            return
+        self._send(relay.source, relay.ok)
+        relay.ok_every = min(2 * relay.ok_every, self.settings.timers.t2)
+        relay.ok_at = now + relay.ok_every
+
+    def _stop_relay_2xx(self, relay: _Relay) -> None:
+        relay.ok = None
+        relay.ok_at = None
+        self._relay_2xx.pop(id(relay), None)
 
     def _forget_relay(self, relay: _Relay) -> None:
         call = relay.call
         if call is None:
             return
+        if relay.server.terminated:
+            self._stop_relay_2xx(relay)
         if relay.server.terminated and (relay.client is None or relay.client.terminated):
             call.relays.pop(id(relay), None)
             if relay.answer_due and relay.ack is None:  # the 2xx offered; no ACK came (Timer L)

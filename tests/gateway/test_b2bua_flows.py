@@ -463,6 +463,44 @@ def test_reinvite_from_the_phone_hold_and_resume() -> None:
     hidden(p, b_invite.call_id)
 
 
+def test_a_reinvite_2xx_to_a_udp_sender_is_sent_again_until_its_ack() -> None:
+    """RFC 3261 13.3.1.4: the SBC, the UAS of the phone's re-INVITE over UDP, sends its 2xx
+    again at T1, 2*T1, ... (at most T2 apart) until the phone's ACK; a 2xx the phone never ACKs
+    is sent until the server transaction's Timer L (64*T1), then no more."""
+
+    def reinvited() -> tuple[Pump, Response, bytes]:
+        p = setup(SETTINGS)
+        _b_invite, a_200, _ = established(p)
+        p.phone(phone_in_dialog("INVITE", a_200, 21, "z9hG4bKhold", body=HOLD_SDP), T0 + 10)
+        one_response(p.to_phone(), 100)
+        b_re = one_request(p.to_pbx(), "INVITE")
+        p.pbx(respond(b_re, 200, extra=[("Contact", "<sip:10.0.0.5:5060>"),
+                                        ("Content-Type", "application/sdp")], body=PBX_SDP),
+              T0 + 10)
+        return p, a_200, one_response(p.to_phone(), 200).to_bytes()
+
+    def resent(p: Pump, first: bytes, start: float, end: float) -> list[float]:
+        """When (seconds after the 2xx) the 2xx was sent again, checked every 0.25 s."""
+        times = []
+        for step in range(int(start * 4) + 1, int(end * 4) + 1):
+            p.run_until(T0 + 10 + step / 4)
+            for m in p.to_phone():
+                assert m.to_bytes() == first
+                times.append(step / 4)
+        return times
+
+    p, a_200, first = reinvited()
+    assert resent(p, first, 0, 2) == [0.5, 1.5]
+    p.phone(phone_request("ACK", a_200.headers.get("to") or "", 21, "z9hG4bKholdack"), T0 + 12)
+    one_request(p.to_pbx(), "ACK")
+    assert resent(p, first, 2, 40) == []
+    assert not p.b2bua._relay_2xx
+
+    p, _a_200, first = reinvited()
+    assert resent(p, first, 0, 40) == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    assert not p.b2bua._relay_2xx
+
+
 def test_reinvite_from_the_pbx_and_bye_while_pending() -> None:
     p = setup(SETTINGS)
     b_invite, a_200, _ = established(p)
