@@ -89,8 +89,9 @@ Calls
   ACKs (Timer L), the B-leg is ACKed and both legs get a BYE (RFC 3261 13.3.1.4); a BYE from
   the caller before its ACK ACKs the B-leg first.  A 2xx whose SDP does not parse is refused
   with 502 on the A-leg, ACKed and hung up on the B-leg.  The 2xx of a relayed re-INVITE to
-  an unreliable sender is retransmitted by the SBC itself (T1 doubling to T2) until its ACK
-  or Timer L; the other side's retransmissions of it are not relayed.
+  an unreliable sender is retransmitted by the SBC itself (T1 doubling to T2) until its ACK;
+  the other side's retransmissions of it are not relayed.  A re-INVITE 2xx never ACKed by
+  Timer L ends the call: the other side's 2xx is ACKed and both legs get a BYE.
 * CANCEL of a pending INVITE: 200 to the CANCEL, a CANCEL on the B-leg built from the B-leg
   INVITE (RFC 3261 9.1; held until the B-leg has a provisional response), and the B-leg's final
   (normally 487) relayed.  If the B-leg sends no final within 64*T1 of the CANCEL, the A-leg
@@ -462,6 +463,7 @@ class _Relay:
     ok: Response | None = None
     ok_at: float | None = None
     ok_every: float = 0.0
+    status: int | None = None  # the final status sent to the sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -1239,7 +1241,12 @@ class B2BUA:
                 if route.relay.call.reinvite is route.relay or route.relay.ack is not None:
                     self._relay_ack(route.relay, event.request, now)  # it reused the branch
             elif isinstance(event, Terminated):
-                self._forget_relay(route.relay)
+                relay = route.relay
+                if (relay.call is not None and relay.request.method == "INVITE"
+                        and relay.ack is None and relay.status is not None
+                        and 200 <= relay.status < 300):
+                    self._reinvite_unacked(relay, now)
+                self._forget_relay(relay)
             return
         call = route.call
         if call is None:
@@ -1351,6 +1358,7 @@ class B2BUA:
             return
         if response.status >= 200:
             relay.final_sent = True
+            relay.status = response.status
             if relay.offer and relay.call is not None:
                 # Whatever the final: a 2xx whose answer was accepted settled the offer already.
                 self._offer_ended(relay.call, "a" if relay.from_a else "b")
@@ -1365,6 +1373,27 @@ class B2BUA:
             relay.ok_every = self.settings.timers.t1
             relay.ok_at = now + relay.ok_every
             self._relay_2xx[id(relay)] = relay
+
+    def _reinvite_unacked(self, relay: _Relay, now: float) -> None:
+        """Timer L ended a re-INVITE's server transaction with its 2xx never ACKed: the other
+        side's 2xx is ACKed (without a body) and the call ended with a BYE on both legs (RFC
+        3261 13.3.1.4)."""
+        call = relay.call
+        assert call is not None
+        self._count("reinvite.no_ack")
+        self._stop_relay_2xx(relay)
+        other = call.b_dialog if relay.from_a else call.a_dialog
+        if other is not None:
+            relay.ack = other.create_ack(relay.out.cseq.seq)
+            own = self.settings.own(relay.target.interface, relay.target.transport)
+            relay.ack.headers.prepend("Via", own.via(self.ids.branch()))
+            self._send(relay.target, relay.ack)
+        if relay.answer_due:  # the 2xx offered and no answer came
+            relay.answer_due = False
+            self._offer_ended(call, "b" if relay.from_a else "a")
+        if call.reinvite is relay:
+            call.reinvite = None
+        self._hangup(call, now, "no ACK", 'SIP;cause=408;text="No ACK for the 2xx"')
 
     def _retransmit_relay_2xx(self, relay: _Relay, now: float) -> None:
         """Send a re-INVITE's 2xx to its sender again: T1, 2*T1, ... at most T2 apart, until

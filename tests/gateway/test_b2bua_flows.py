@@ -466,7 +466,7 @@ def test_reinvite_from_the_phone_hold_and_resume() -> None:
 def test_a_reinvite_2xx_to_a_udp_sender_is_sent_again_until_its_ack() -> None:
     """RFC 3261 13.3.1.4: the SBC, the UAS of the phone's re-INVITE over UDP, sends its 2xx
     again at T1, 2*T1, ... (at most T2 apart) until the phone's ACK; a 2xx the phone never ACKs
-    is sent until the server transaction's Timer L (64*T1), then no more."""
+    is sent until the server transaction's Timer L (64*T1), and then the call is ended."""
 
     def reinvited() -> tuple[Pump, Response, bytes]:
         p = setup(SETTINGS)
@@ -497,8 +497,12 @@ def test_a_reinvite_2xx_to_a_udp_sender_is_sent_again_until_its_ack() -> None:
     assert not p.b2bua._relay_2xx
 
     p, _a_200, first = reinvited()
-    assert resent(p, first, 0, 40) == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
-    assert not p.b2bua._relay_2xx
+    assert resent(p, first, 0, 31.75) == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    p.run_until(T0 + 10 + 32)  # Timer L: the PBX's 2xx is ACKed, the call hung up on both legs
+    assert [m.method for m in p.to_pbx() if isinstance(m, Request)] == ["ACK", "BYE"]
+    bye = one_request(p.to_phone(), "BYE")
+    assert bye.headers.get("reason") == 'SIP;cause=408;text="No ACK for the 2xx"'
+    assert not p.b2bua._relay_2xx and p.b2bua.counters["reinvite.no_ack"] == 1
 
 
 def test_reinvite_from_the_pbx_and_bye_while_pending() -> None:
