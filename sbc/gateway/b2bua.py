@@ -1221,9 +1221,10 @@ class B2BUA:
         """Turn a transaction's outgoing messages into commands and handle its events."""
         route = self._routes.get(txn)
         while True:
+            answered = txn.request if isinstance(txn, ServerTransaction) else None
             for message in txn.messages_to_send():
                 if route is not None:
-                    self._send(route.peer, message)
+                    self._send(route.peer, message, answered)
             event = txn.next_event()
             if event is None:
                 break
@@ -1751,7 +1752,10 @@ class B2BUA:
     def _own(self, peer: Origin) -> SipAddress:
         return self.settings.own(peer.interface, peer.transport)
 
-    def _send(self, peer: Origin, message: Request | Response) -> None:
+    def _send(self, peer: Origin, message: Request | Response,
+              answered: Request | None = None) -> None:
+        """Send ``message`` to ``peer``; ``answered`` is the request a response answers, when
+        known (its Request-URI user and User-Agent go into the rule engine's event)."""
         self._commands.append(Send(peer.interface, peer.transport, peer.address, message))
         if (isinstance(message, Response) and message.status in POLICY_STATUSES
                 and peer.interface == EXTERNAL):
@@ -1761,6 +1765,8 @@ class B2BUA:
                 transport=peer.transport.lower(),
                 method=message.cseq.method, status=message.status,
                 to_user=_user(message.to.uri), from_user=_user(message.from_.uri),
+                ruri_user=_user(answered.uri) if answered is not None else None,
+                user_agent=answered.headers.get("user-agent") if answered is not None else None,
             ))
 
     def _start(
@@ -1789,7 +1795,7 @@ class B2BUA:
         try:
             txn = layer.create_server(request, now, reliable=origin.reliable, trying=False)
         except SipParseError:  # an RFC 2543 branch: answer statelessly
-            self._send(origin, response)
+            self._send(origin, response, request)
             return
         self._routes[txn] = _Route(origin, None, "local")
         txn.send_response(response, now)

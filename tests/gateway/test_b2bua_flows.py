@@ -312,6 +312,30 @@ def test_unknown_source_is_refused_registered_and_trunk_sources_call() -> None:
     one_request(t.to_pbx(), "INVITE")
 
 
+def test_policy_answers_outside_tell_the_rule_engine_what_they_answered() -> None:
+    """A 403 the SBC gives an unregistered caller and a 404 the PBX gives are each reported
+    to the rule engine with the request's Request-URI user and User-Agent, for rules that
+    look at who was probed and with what tool."""
+    from sbc.policy.model import ResponseSent
+
+    p = setup()
+    probe = invite().replace(b"To: <sip:1002@", b"To: <sip:9999@")
+    p.phone(probe, T0)
+    one_response(p.to_phone(), 403)
+    registered(p, now=T0 + 1)
+    p.phone(invite().replace(b"phone-call-1", b"phone-call-2").replace(b"phone1", b"phone2"),
+            T0 + 2)
+    one_response(p.to_phone(), 100)
+    b_invite = one_request(p.to_pbx(), "INVITE")
+    p.pbx(respond(b_invite, 404, tag="pbx404", extra=[SERVER]), T0 + 2.1)
+    one_response(p.to_phone(), 404)
+    facts = [(f.method, f.status, f.ruri_user, f.to_user, f.user_agent)
+             for f in p.b2bua.policy_events if isinstance(f, ResponseSent)]
+    assert facts == [("INVITE", 403, "1002", "9999", "Linphone/5.2.0"),
+                     ("REGISTER", 401, None, "1001", "Linphone/5.2.0"),  # the PBX's challenge
+                     ("INVITE", 404, "1002", "1002", "Linphone/5.2.0")]
+
+
 def parsed(raw: bytes) -> Request:
     message = parse_message(raw)
     assert isinstance(message, Request)
