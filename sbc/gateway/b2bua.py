@@ -110,6 +110,10 @@ Calls
   offer (glare) and 500 with a Retry-After of 0-10 s when the sender did (RFC 3311 5.2); it is
   not relayed.  CSeq out of order gets 500 and a request outside a known dialog 481 (RFC 3261
   12.2.2).
+* While the call rings, the B-leg's first provisional with a To tag and its A-leg copy make
+  early dialogs on both legs: UPDATE (a connected-line update without SDP, RFC 3311) and INFO
+  (RFC 6086) cross between them; anything else there gets 481 (491 for an INVITE).  At the
+  answer the confirmed dialogs take over the early ones' CSeq numbers.
 * 408 on the A-leg when the B-leg INVITE times out (Timer B); 503 when the transport towards the
   PBX or a trunk fails, 480 when the flow towards a registered user does (RFC 3261 8.1.3.1, RFC
   5626 5.3).  A connection that closes fails the requests still waiting on it at once
@@ -165,7 +169,7 @@ from sbc.policy.model import (
     ResponseSent,
     SrtpFailed,
 )
-from sbc.sip.dialog import Dialog, DialogError, initial_request
+from sbc.sip.dialog import Dialog, DialogError, DialogState, initial_request
 from sbc.sip.headers import Headers, NameAddr, canonical_name
 from sbc.sip.message import (
     REASON_PHRASES,
@@ -206,6 +210,7 @@ KNOWN_METHODS = frozenset({
 # Replaces, event packages): relayed as they are, they would break or leak, so they get 405 until
 # the B2BUA translates them.
 NOT_RELAYED_IN_DIALOG = frozenset({"REFER", "SUBSCRIBE"})
+RELAYED_IN_EARLY_DIALOG = frozenset({"UPDATE", "INFO"})  # RFC 3311 5.1, RFC 6086 4.2
 # Option tags whose meaning is tied to one hop or one dialog's identifiers: a B2BUA relaying the
 # header unchanged would promise what it cannot keep (reliable provisionals, Replaces of a dialog
 # id only one leg knows, GRUUs, outbound flows, Path).  They are removed from what crosses.
@@ -406,6 +411,10 @@ class Call:
     a_2xx_at: float | None = None
     a_2xx_every: float = 0.0
     reinvite: _Relay | None = None  # the re-INVITE in progress, either way
+    # While it rings: the early dialogs of the B-leg's first provisional with a To tag and of
+    # its A-leg copy, for UPDATE and INFO before the answer (RFC 3311, RFC 6086).
+    a_early: Dialog | None = None
+    b_early: Dialog | None = None
     relays: dict[int, _Relay] = field(default_factory=dict)  # in-dialog requests in progress
     # SDP origin per interface: session id, version, and the last body that crossed to it.
     sdp: dict[str, _SdpOrigin] = field(default_factory=dict)
@@ -953,7 +962,7 @@ class B2BUA:
         if call is None:
             return None
         from_a = key == call.a_key
-        dialog = call.a_dialog if from_a else call.b_dialog
+        dialog = _leg_dialog(call, from_a)
         if dialog is None or dialog.remote_tag != (request.from_.tag or ""):
             return None
         peer = call.a_peer if from_a else call.b_peer
@@ -967,8 +976,14 @@ class B2BUA:
             self._reject(request, origin, now, 481)
             return
         call, from_a = found
-        dialog = call.a_dialog if from_a else call.b_dialog
+        dialog = _leg_dialog(call, from_a)
         assert dialog is not None
+        if dialog.state is DialogState.EARLY and request.method not in RELAYED_IN_EARLY_DIALOG:
+            # The call rings: only UPDATE and INFO cross; a re-INVITE gets 491 (14.2); the rest
+            # (a BYE of the early dialog, PRACK) is not relayed before the answer.
+            dialog.receive_request(request)  # CSeq order (500) first
+            self._reject(request, origin, now, 491 if request.method == "INVITE" else 481)
+            return
         if request.method == "INVITE" and (
             call.reinvite is not None or call.state is not CallState.CONFIRMED
         ):
@@ -991,9 +1006,11 @@ class B2BUA:
     def _relay_in_dialog(
         self, call: Call, from_a: bool, request: Request, origin: Origin, now: float
     ) -> None:
-        other = call.b_dialog if from_a else call.a_dialog
+        other = _leg_dialog(call, not from_a)
         target = call.b_peer if from_a else call.a_peer
-        assert other is not None
+        if other is None:  # the other leg's early dialog ended (a final crossed this request)
+            self._reject(request, origin, now, 481)
+            return
         offer = bool(request.body) and request.method in ("INVITE", "UPDATE") and (
             request.content_type == "application/sdp"
         )
@@ -1310,7 +1327,7 @@ class B2BUA:
             return  # provisionals of a non-INVITE carry nothing worth relaying
         other = None
         if call is not None:
-            other = call.b_dialog if relay.from_a else call.a_dialog
+            other = _leg_dialog(call, not relay.from_a)
             if other is not None:
                 with contextlib.suppress(SipParseError):
                     other.receive_response(response)
@@ -1438,9 +1455,15 @@ class B2BUA:
         elif status < 200:
             call.provisional = True
             if call.state is CallState.CALLING and not call.a_final_sent:
+                if call.b_early is None and response.to.tag is not None:
+                    with contextlib.suppress(DialogError, SipParseError):
+                        call.b_early = Dialog.uac(call.b_invite, response)
                 # A provisional is optional: one with a broken body is not relayed.
                 with contextlib.suppress(SdpError, MediaRefused):
-                    self._relay_response(call, response, now)
+                    a_provisional = self._relay_response(call, response, now)
+                    if call.a_early is None and call.b_early is not None:
+                        with contextlib.suppress(DialogError, SipParseError):
+                            call.a_early = Dialog.uas(call.a_invite, a_provisional)
         elif status < 300:
             self._b_2xx(call, response, now)
             return
@@ -1466,6 +1489,8 @@ class B2BUA:
             call.b_dialog = Dialog.uac(call.b_invite, response)
         except SipParseError:
             return  # a 2xx without a usable Contact cannot be ACKed: drop (RFC 3261 12.1.2)
+        if call.b_early is not None and call.b_early.remote_tag == call.b_dialog.remote_tag:
+            _carry_sequence(call.b_dialog, call.b_early)
         self._set_cancel_deadline(call, None)
         call.cancel_pending = False
         if call.state is not CallState.CALLING or call.a_final_sent:
@@ -1481,6 +1506,10 @@ class B2BUA:
             self._ack_and_bye_b(call, now)
             return
         call.a_dialog = Dialog.uas(call.a_invite, a_response)
+        if call.a_early is not None:
+            _carry_sequence(call.a_dialog, call.a_early)
+            call.a_dialog.remote_target = call.a_early.remote_target  # an UPDATE's Contact
+        call.a_early = call.b_early = None
         call.state = CallState.ANSWERED
         call.answered_at = now
         if call.media is not None and self.media is not None:
@@ -1908,6 +1937,25 @@ def _digest_username(request: Request) -> str | None:
             if m:
                 return m.group(1)
     return None
+
+
+def _leg_dialog(call: Call, a: bool) -> Dialog | None:
+    """A leg's dialog: the confirmed one, or while the call rings its early one."""
+    confirmed = call.a_dialog if a else call.b_dialog
+    if confirmed is not None or call.state is not CallState.CALLING:
+        return confirmed
+    return call.a_early if a else call.b_early
+
+
+def _carry_sequence(dialog: Dialog, early: Dialog) -> None:
+    """The CSeq numbers an early dialog used (UPDATE, INFO before the answer) go on in the
+    confirmed dialog that replaces it (RFC 3261 12.2.1.1: they only increase)."""
+    if early.local_seq is not None and (dialog.local_seq is None
+                                         or early.local_seq > dialog.local_seq):
+        dialog.local_seq = early.local_seq
+    if early.remote_seq is not None and (dialog.remote_seq is None
+                                          or early.remote_seq > dialog.remote_seq):
+        dialog.remote_seq = early.remote_seq
 
 
 def _user(uri: object) -> str | None:

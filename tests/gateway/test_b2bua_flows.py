@@ -31,7 +31,9 @@ from .test_b2bua import (
     invite,
     one_request,
     one_response,
+    pbx_says,
     phone_request,
+    start,
 )
 
 STRICT = replace(SETTINGS, unknown_source="reject")
@@ -527,6 +529,66 @@ def test_a_reinvite_2xx_to_a_udp_sender_is_sent_again_until_its_ack() -> None:
     bye = one_request(p.to_phone(), "BYE")
     assert bye.headers.get("reason") == 'SIP;cause=408;text="No ACK for the 2xx"'
     assert not p.b2bua._relay_2xx and p.b2bua.counters["reinvite.no_ack"] == 1
+
+
+def pbx_in_dialog(method: str, b_invite: Request, cseq: int, branch: str,
+                  extra: str = "") -> bytes:
+    """A request from the PBX in the B-leg dialog (its To tag is PBX_TAG), without a body."""
+    return (
+        f"{method} sip:10.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.0.0.5:5060;branch={branch}\r\nMax-Forwards: 70\r\n"
+        f"From: {b_invite.headers.get('to')};tag={PBX_TAG}\r\n"
+        f"To: {b_invite.headers.get('from')}\r\n"
+        f"Call-ID: {b_invite.call_id}\r\nCSeq: {cseq} {method}\r\n"
+        f"Contact: <sip:10.0.0.5:5060>\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+
+
+def test_update_and_info_cross_while_the_call_rings() -> None:
+    """RFC 3311 / RFC 6086 in early dialogs: after the PBX's 180, its UPDATE without SDP (a
+    connected-line update) reaches the phone in the A-leg's early dialog and the phone's 200
+    comes back; the phone's INFO crosses the other way; a BYE of the early dialog is not
+    relayed (481).  After the answer both legs' CSeq numbers go on from there."""
+    p = setup(SETTINGS)
+    b_invite = start(p)
+    pbx_says(p, b_invite, 180, T0 + 0.1)
+    a_180 = one_response(p.to_phone(), 180)
+    a_tag = a_180.to.tag
+    pai = "P-Asserted-Identity: <sip:2001@pbx.internal.example>\r\n"
+    p.pbx(pbx_in_dialog("UPDATE", b_invite, 103, "z9hG4bKpbxupd1", pai), T0 + 0.2)
+    a_update = one_request(p.to_phone(), "UPDATE")
+    assert a_update.call_id == "phone-call-1@192.0.2.101" and a_update.from_.tag == a_tag
+    assert a_update.to.tag == "phonetag1" and a_update.cseq.seq == 1
+    assert str(a_update.uri) == "sip:1001@192.0.2.101:5060"  # the phone's Contact
+    assert a_update.headers.get("contact") == "<sip:203.0.113.10:5060>"
+    p.phone(respond(a_update, 200, extra=[("Contact", "<sip:1001@192.0.2.101:5060>")]),
+            T0 + 0.3)
+    ok = one_response(p.to_pbx(), 200)
+    assert ok.cseq.seq == 103 and ok.cseq.method == "UPDATE"
+
+    info = phone_request("INFO", a_180.headers.get("to") or "", 21, "z9hG4bKinfo1")
+    p.phone(info, T0 + 0.4)
+    b_info = one_request(p.to_pbx(), "INFO")
+    assert b_info.to.tag == PBX_TAG and b_info.cseq.seq == 2  # after the INVITE's 1
+    p.pbx(respond(b_info, 200), T0 + 0.5)
+    one_response(p.to_phone(), 200)
+    p.phone(phone_request("BYE", a_180.headers.get("to") or "", 22, "z9hG4bKearlybye"), T0 + 0.6)
+    one_response(p.to_phone(), 481)
+    assert p.to_pbx() == []
+
+    pbx_says(p, b_invite, 200, T0 + 2, PBX_SDP)
+    a_200 = one_response(p.to_phone(), 200)
+    assert a_200.to.tag == a_tag
+    p.phone(phone_request("ACK", a_200.headers.get("to") or "", 20, "z9hG4bKphone2"), T0 + 2.1)
+    one_request(p.to_pbx(), "ACK")
+    p.phone(phone_in_dialog("INFO", a_200, 23, "z9hG4bKinfo2", body=b"Signal=5\r\n",
+                            ctype="application/dtmf-relay"), T0 + 3)
+    b_info2 = one_request(p.to_pbx(), "INFO")
+    assert b_info2.cseq.seq == 3  # the early INFO's 2, then 3
+    p.pbx(respond(b_info2, 200), T0 + 3.1)
+    one_response(p.to_phone(), 200)
+    p.pbx(pbx_in_dialog("BYE", b_invite, 104, "z9hG4bKpbxbye9"), T0 + 4)
+    assert one_request(p.to_phone(), "BYE").cseq.seq == 2  # the early UPDATE's 1, then 2
+    hidden(p, b_invite.call_id)
 
 
 def test_reinvite_from_the_pbx_and_bye_while_pending() -> None:
