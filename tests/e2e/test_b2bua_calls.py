@@ -127,3 +127,56 @@ def test_calls_through_the_sbc_with_topology_hidden(tmp_path: Path, transport: s
     for text in uas_received:
         for marker in external:
             assert marker not in text, (marker, text)
+
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def test_an_update_while_the_call_rings_reaches_the_caller_hidden(tmp_path: Path) -> None:
+    """A sipp PBX sends an UPDATE without SDP after its 180 (a connected-line update naming an
+    internal host); the sipp caller receives it in its early dialog, answers 200, and the call
+    then completes.  Nothing of the PBX's identity reaches the caller."""
+    sipp = require_tool("sipp")
+    ports = dict(sip=free_port(), tls=free_port(), internal=free_port(socket.SOCK_DGRAM),
+                 pbx=free_port(socket.SOCK_DGRAM))
+    uac_port = free_port()
+    uas_dir, uac_dir = tmp_path / "uas", tmp_path / "uac"
+    uas_dir.mkdir()
+    uac_dir.mkdir()
+    uas = subprocess.Popen(
+        [sipp, "-sf", str(SCENARIOS / "pbx_early_update.xml"), "-i", "127.0.0.1",
+         "-p", str(ports["pbx"]), "-nostdin", "-m", "1", "-trace_msg", "-trace_err"],
+        cwd=uas_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL)
+    try:
+        with launched_sbc(tmp_path, CONFIG.format(**ports), tmp_path, ports) as sbc:
+            result = subprocess.run(
+                [sipp, "-sf", str(SCENARIOS / "phone_early_update.xml"),
+                 f"127.0.0.1:{ports['sip']}", "-s", "2000", "-i", "127.0.0.1",
+                 "-p", str(uac_port), "-m", "1", "-nostdin", "-timeout", "20",
+                 "-timeout_error", "-trace_msg", "-trace_err"],
+                cwd=uac_dir, capture_output=True, text=True, timeout=30,
+                stdin=subprocess.DEVNULL)
+            errors = "".join(p.read_text(errors="replace") for p in uac_dir.glob("*errors*"))
+            assert result.returncode == 0, (result.stdout[-3000:] + result.stderr[-2000:]
+                                            + errors + sbc.log.read_text()[-3000:])
+            assert sbc.alive()
+        assert uas.wait(timeout=10) == 0  # its one call completed
+    finally:
+        if uas.poll() is None:
+            uas.send_signal(signal.SIGTERM)
+            try:
+                uas.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                uas.kill()
+                uas.wait()
+
+    uac_received = _blocks(_trace(uac_dir, "phone_early_update"), "received")
+    (update,) = [m for m in uac_received if m.lstrip().startswith("UPDATE ")]
+    assert re.search(r"^To:.*;tag=\d+Phone1\s*$", update, flags=re.M), update  # its dialog
+    uas_sent = _blocks(_trace(uas_dir, "pbx_early_update"), "sent")
+    internal = ({f"127.0.0.1:{ports['pbx']}", "pbx.internal.example", "AcmePBX"}
+                | _markers(uas_sent, "Call-ID") | _tags(uas_sent, "From"))
+    for text in uac_received:
+        for marker in internal:
+            assert marker not in text, (marker, text)
