@@ -1260,7 +1260,8 @@ class B2BUA:
                     self._relay_ack(route.relay, event.request, now)  # it reused the branch
             elif isinstance(event, Terminated):
                 relay = route.relay
-                if (relay.call is not None and relay.request.method == "INVITE"
+                if (relay.call is not None and relay.call.state is CallState.CONFIRMED
+                        and relay.request.method == "INVITE"
                         and relay.ack is None and relay.status is not None
                         and 200 <= relay.status < 300):
                     self._reinvite_unacked(relay, now)

@@ -530,6 +530,13 @@ def test_a_reinvite_2xx_to_a_udp_sender_is_sent_again_until_its_ack() -> None:
     assert bye.headers.get("reason") == 'SIP;cause=408;text="No ACK for the 2xx"'
     assert not p.b2bua._relay_2xx and p.b2bua.counters["reinvite.no_ack"] == 1
 
+    # A BYE instead of the ACK: the call ends, and Timer L later finds nothing left to end.
+    p, a_200, first = reinvited()
+    p.phone(phone_in_dialog("BYE", a_200, 22, "z9hG4bKbyenoack"), T0 + 11)
+    assert one_request(p.to_pbx(), "BYE").cseq.method == "BYE"
+    p.run_until(T0 + 10 + 40)
+    assert "reinvite.no_ack" not in p.b2bua.counters and not p.b2bua._relay_2xx
+
 
 def pbx_in_dialog(method: str, b_invite: Request, cseq: int, branch: str,
                   extra: str = "") -> bytes:
