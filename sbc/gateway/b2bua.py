@@ -143,7 +143,7 @@ import heapq
 import ipaddress
 import re
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -1093,8 +1093,6 @@ class B2BUA:
         assert call is not None
         self._stop_relay_2xx(relay)
         if relay.ack is None:
-            other = call.b_dialog if relay.from_a else call.a_dialog
-            assert other is not None
             role = None
             if not relay.offer:  # the 2xx offered: the ACK answers (RFC 3264)
                 role = "answer-a" if relay.from_a else "answer-b"
@@ -1103,15 +1101,27 @@ class B2BUA:
                                                     role=role)
             except (SdpError, MediaRefused):
                 body, headers = b"", []
-            if relay.answer_due:  # an ACK without a usable answer: the 2xx's offer failed
-                relay.answer_due = False
-                self._offer_ended(call, "b" if relay.from_a else "a")
-            relay.ack = other.create_ack(relay.out.cseq.seq, body=body, headers=headers)
-            own = self.settings.own(relay.target.interface, relay.target.transport)
-            relay.ack.headers.prepend("Via", own.via(self.ids.branch()))
-            if call.reinvite is relay:
-                call.reinvite = None
+            self._ack_other_side(relay, body, headers)
+        assert relay.ack is not None
         self._send(relay.target, relay.ack)
+
+    def _ack_other_side(self, relay: _Relay, body: bytes = b"",
+                        headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Build the ACK of the other side's 2xx to a relayed re-INVITE (``relay.ack``, sent
+        again for each retransmitted 2xx); an offer in that 2xx left without an answer here
+        failed, and the re-INVITE is over."""
+        call = relay.call
+        assert call is not None
+        other = call.b_dialog if relay.from_a else call.a_dialog
+        assert other is not None
+        if relay.answer_due:  # an ACK without a usable answer: the 2xx's offer failed
+            relay.answer_due = False
+            self._offer_ended(call, "b" if relay.from_a else "a")
+        relay.ack = other.create_ack(relay.out.cseq.seq, body=body, headers=headers)
+        own = self.settings.own(relay.target.interface, relay.target.transport)
+        relay.ack.headers.prepend("Via", own.via(self.ids.branch()))
+        if call.reinvite is relay:
+            call.reinvite = None
 
     def _ack_received(self, call: Call, ack: Request, now: float) -> None:
         if call.b_ack is None:
@@ -1401,17 +1411,9 @@ class B2BUA:
         assert call is not None
         self._count("reinvite.no_ack")
         self._stop_relay_2xx(relay)
-        other = call.b_dialog if relay.from_a else call.a_dialog
-        if other is not None:
-            relay.ack = other.create_ack(relay.out.cseq.seq)
-            own = self.settings.own(relay.target.interface, relay.target.transport)
-            relay.ack.headers.prepend("Via", own.via(self.ids.branch()))
-            self._send(relay.target, relay.ack)
-        if relay.answer_due:  # the 2xx offered and no answer came
-            relay.answer_due = False
-            self._offer_ended(call, "b" if relay.from_a else "a")
-        if call.reinvite is relay:
-            call.reinvite = None
+        self._ack_other_side(relay)
+        assert relay.ack is not None
+        self._send(relay.target, relay.ack)
         self._hangup(call, now, "no ACK", 'SIP;cause=408;text="No ACK for the 2xx"')
 
     def _retransmit_relay_2xx(self, relay: _Relay, now: float) -> None:

@@ -539,15 +539,18 @@ def test_a_reinvite_2xx_to_a_udp_sender_is_sent_again_until_its_ack() -> None:
 
 
 def pbx_in_dialog(method: str, b_invite: Request, cseq: int, branch: str,
-                  extra: str = "") -> bytes:
-    """A request from the PBX in the B-leg dialog (its To tag is PBX_TAG), without a body."""
+                  extra: str = "", body: bytes = b"") -> bytes:
+    """A request from the PBX in the B-leg dialog (its To tag is PBX_TAG); a ``body`` is
+    SDP."""
+    ct = "Content-Type: application/sdp\r\n" if body else ""
     return (
         f"{method} sip:10.0.0.1:5060 SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 10.0.0.5:5060;branch={branch}\r\nMax-Forwards: 70\r\n"
         f"From: {b_invite.headers.get('to')};tag={PBX_TAG}\r\n"
         f"To: {b_invite.headers.get('from')}\r\n"
         f"Call-ID: {b_invite.call_id}\r\nCSeq: {cseq} {method}\r\n"
-        f"Contact: <sip:10.0.0.5:5060>\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+        f"Contact: <sip:10.0.0.5:5060>\r\n{extra}{ct}"
+        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def test_update_and_info_cross_while_the_call_rings() -> None:

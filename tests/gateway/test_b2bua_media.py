@@ -35,7 +35,7 @@ from .test_b2bua import (
     phone_request,
     start,
 )
-from .test_b2bua_flows import HOLD_SDP, phone_in_dialog
+from .test_b2bua_flows import HOLD_SDP, pbx_in_dialog, phone_in_dialog
 
 MEDIA = MediaSettings(
     interfaces={
@@ -370,22 +370,6 @@ def test_an_offer_in_a_2xx_the_ack_does_not_answer_is_undone() -> None:
     assert p.b2bua.media is not None and p.b2bua.media.counters["media.offer_failed"] == 1
 
 
-def pbx_update(b_invite: Request, cseq: int, branch: str, body: bytes) -> bytes:
-    """An UPDATE from the PBX inside the call, carrying ``body`` as an offer."""
-    return (
-        "UPDATE sip:10.0.0.1:5060 SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 10.0.0.5:5060;branch={branch}\r\n"
-        "Max-Forwards: 70\r\n"
-        f"From: {b_invite.headers.get('to')};tag=as-pbx-tag-77\r\n"
-        f"To: {b_invite.headers.get('from')}\r\n"
-        f"Call-ID: {b_invite.call_id}\r\n"
-        f"CSeq: {cseq} UPDATE\r\n"
-        "Contact: <sip:10.0.0.5:5060>\r\n"
-        "Content-Type: application/sdp\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-
 def test_an_offer_while_one_is_unanswered_is_refused_and_changes_nothing() -> None:
     """RFC 3311 5.2: while the phone's re-INVITE offer awaits the PBX's answer, a second offer
     from the phone (an UPDATE) gets 500 with a Retry-After of 0-10 s, and an offer from the PBX
@@ -405,7 +389,7 @@ def test_an_offer_while_one_is_unanswered_is_refused_and_changes_nothing() -> No
     busy = one_response(p.to_phone(), 500)
     assert busy.cseq.method == "UPDATE" and 0 <= int(busy.headers.get("retry-after") or "") <= 10
     moved_pbx = PBX_SDP.replace(b"c=IN IP4 10.0.1.50", b"c=IN IP4 10.0.1.60")
-    p.pbx(pbx_update(b_invite, 103, "z9hG4bKpbxupd1", moved_pbx), T0 + 10.2)
+    p.pbx(pbx_in_dialog("UPDATE", b_invite, 103, "z9hG4bKpbxupd1", body=moved_pbx), T0 + 10.2)
     glare = one_response(p.to_pbx(), 491)
     assert glare.cseq.method == "UPDATE"
     assert p.to_pbx() == [] and p.to_phone() == []  # neither offer crossed
@@ -418,7 +402,7 @@ def test_an_offer_while_one_is_unanswered_is_refused_and_changes_nothing() -> No
     assert call.media.unsettled_from is None
     p.phone(phone_request("ACK", a_200.headers.get("to") or "", 21, "z9hG4bKmoveack"), T0 + 10.4)
     one_request(p.to_pbx(), "ACK")
-    p.pbx(pbx_update(b_invite, 104, "z9hG4bKpbxupd2", moved_pbx), T0 + 11)
+    p.pbx(pbx_in_dialog("UPDATE", b_invite, 104, "z9hG4bKpbxupd2", body=moved_pbx), T0 + 11)
     update = one_request(p.to_phone(), "UPDATE")
     assert parse_sdp(update.body).media[0].port == 20000  # the relay's, as before
     assert stream.b.remote_rtp == ("10.0.1.60", 14562) and call.media.unsettled_from == "b"
